@@ -1,0 +1,430 @@
+"""Finding and loading fluxsr checkpoints and the FLUX base (transformer + VAE).
+
+A checkpoint is a Hub repo id (with a revision) or a local folder, in one of two formats:
+
+1. **fluxsr** (what ``fluxsr distill export`` writes): ``fluxsr.json`` (settings),
+   ``embeddings.safetensors`` (``prompt_embeds`` [1, L, 4096], ``pooled_prompt_embeds`` [1, 768]) and
+   either ``lora.safetensors`` (a diffusers/peft LoRA of the transformer) or a full ``transformer/``.
+2. **community** FluxSR port (``mon3tr/FluxSR-private``): ``pytorch_lora_weights.safetensors``,
+   ``t5_embedding.pth``, ``clip_embedding.pth`` and an optional ``training_config.json``.
+
+The base model comes from ``black-forest-labs/FLUX.1-dev`` (gated) or a local copy; only
+``transformer/`` and ``vae/`` are fetched: never the text encoders, never the single-file duplicate.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fluxsr_cli.errors import CheckpointError, ConfigError
+
+DEFAULT_MODEL = "mon3tr/FluxSR-private"
+DEFAULT_BASE = "black-forest-labs/FLUX.1-dev"
+FORMAT_VERSION = 1
+ADAPTER_NAME = "fluxsr"
+
+FLUX_LICENCE_NOTE = (
+    "FLUX.1-dev is a gated model under the FLUX.1 [dev] Non-Commercial License: you must accept it at "
+    "https://huggingface.co/black-forest-labs/FLUX.1-dev, use is non-commercial, and the licence also "
+    "restricts training other models on its outputs."
+)
+
+CHECKPOINT_FILES = [
+    "fluxsr.json", "embeddings.safetensors", "lora.safetensors", "transformer/*",
+    "pytorch_lora_weights.safetensors", "t5_embedding.pth", "clip_embedding.pth", "training_config.json",
+]
+BASE_FILES = ["model_index.json", "transformer/*", "vae/*"]
+
+Notice = Callable[[str], None]
+
+
+def _no_notice(message: str) -> None:
+    pass
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """The settings a checkpoint carries (``fluxsr.json``)."""
+
+    format_version: int = FORMAT_VERSION
+    base_model: str = DEFAULT_BASE
+    base_revision: str | None = None
+    t_l: float = 0.25
+    guidance: float = 1.0
+    lora_rank: int | None = None
+    lora_alpha: float | None = None
+    prompt: str = ""
+    source: str = "fluxsr"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.t_l < 1.0:
+            raise ConfigError(f"t_l must lie in (0, 1), got {self.t_l}")
+
+
+@dataclass
+class Checkpoint:
+    """A resolved checkpoint: where its files are, its settings and its fixed conditioning."""
+
+    root: Path
+    info: CheckpointInfo
+    prompt_embeds: torch.Tensor  # [1, L, D_text]
+    pooled_prompt_embeds: torch.Tensor  # [1, D_pooled]
+    lora_file: Path | None = None
+    transformer_dir: Path | None = None
+
+
+# --------------------------------------------------------------------------------------------
+# Resolution: Hub repo id or local folder -> local folder
+# --------------------------------------------------------------------------------------------
+
+def is_local_ref(ref: str | Path) -> bool:
+    """A path that exists, or that is clearly meant as one (starts with / . ~ or holds a backslash)."""
+    text = str(ref)
+    return Path(text).expanduser().exists() or text.startswith(("/", ".", "~")) or "\\" in text or text.count("/") > 1
+
+
+def _offline_env() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def resolve(ref: str | Path, revision: str | None = None, offline: bool = False,
+            allow_patterns: list[str] | None = None, notice: Notice = _no_notice,
+            first_download_note: str | None = None) -> Path:
+    """Return a local folder for ``ref`` (a folder, or a Hub repo downloaded to the HF cache).
+
+    ``first_download_note`` is passed to ``notice`` when the repo is not in the cache yet (the
+    FLUX.1-dev licence note). All Hub failures become one-line :class:`CheckpointError` messages.
+    """
+    if is_local_ref(ref):
+        path = Path(ref).expanduser()
+        if not path.is_dir():
+            raise CheckpointError(f"{path}: no such folder; give a local checkpoint folder or a Hub repo id")
+        return path
+
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    repo = str(ref)
+    offline = offline or _offline_env()
+    try:
+        return Path(snapshot_download(repo, revision=revision, allow_patterns=allow_patterns, local_files_only=True))
+    except (LocalEntryNotFoundError, FileNotFoundError, OSError):
+        if offline:
+            raise CheckpointError(
+                f"{repo}: not in the local Hugging Face cache and offline mode is on; "
+                "run once online to download it, or pass a local folder"
+            ) from None
+    if first_download_note:
+        notice(first_download_note)
+    notice(f"downloading {repo}" + (f"@{revision}" if revision else "") + " from the Hugging Face Hub")
+    try:
+        return Path(snapshot_download(repo, revision=revision, allow_patterns=allow_patterns))
+    except GatedRepoError as e:
+        raise CheckpointError(_gated_message(repo, e)) from None
+    except RevisionNotFoundError:
+        raise CheckpointError(f"{repo}: revision {revision!r} does not exist; check --revision") from None
+    except RepositoryNotFoundError:
+        raise CheckpointError(
+            f"{repo}: no such repository on the Hugging Face Hub (or it is private); check the name, "
+            "or log in with `hf auth login` if it is private"
+        ) from None
+    except LocalEntryNotFoundError:
+        raise CheckpointError(
+            f"{repo}: cannot reach the Hugging Face Hub and nothing is cached; check the network, "
+            "or pass a local folder"
+        ) from None
+    except HfHubHTTPError as e:
+        status = getattr(getattr(e, "response", None), "status_code", None)
+        if status in (401, 403):
+            raise CheckpointError(_gated_message(repo, e)) from None
+        raise CheckpointError(f"{repo}: download failed ({str(e).splitlines()[0]}); retry later") from None
+
+
+def _gated_message(repo: str, error: Exception) -> str:
+    from huggingface_hub import get_token
+
+    status = getattr(getattr(error, "response", None), "status_code", None)
+    if get_token() is None or status == 401:
+        return (f"{repo}: gated model and you are not logged in; accept its licence at "
+                f"https://huggingface.co/{repo}, then run `hf auth login` or set HF_TOKEN")
+    return (f"{repo}: your Hugging Face account has no access yet; accept the licence at "
+            f"https://huggingface.co/{repo} and retry")
+
+
+# --------------------------------------------------------------------------------------------
+# Reading checkpoints
+# --------------------------------------------------------------------------------------------
+
+def check_safetensors(path: Path) -> list[str]:
+    """Open a safetensors file's header (which also checks the file size); return its keys or raise."""
+    from safetensors import safe_open
+
+    if not path.is_file():
+        raise CheckpointError(f"{path}: file missing from the checkpoint; download it again or re-export")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            keys = list(f.keys())
+    except Exception as e:  # safetensors raises its own error types for every kind of damage
+        raise CheckpointError(
+            f"{path}: not a valid safetensors file ({str(e).splitlines()[0]}); the file is corrupt or "
+            "incomplete: delete it and download or export it again"
+        ) from None
+    return keys
+
+
+def load_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    check_safetensors(path)
+    return load_file(str(path))
+
+
+def _load_pth_tensor(path: Path, names: tuple[str, ...]) -> torch.Tensor:
+    """A tensor from a ``.pth`` file loaded with ``weights_only=True`` (no pickle code runs)."""
+    if not path.is_file():
+        raise CheckpointError(f"{path}: file missing from the checkpoint; download it again")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise CheckpointError(f"{path}: cannot read it as plain tensors ({str(e).splitlines()[0]}); "
+                              "the file is corrupt or not a tensor file") from None
+    if isinstance(obj, dict):
+        for name in names:
+            if isinstance(obj.get(name), torch.Tensor):
+                return obj[name]
+        tensors = [v for v in obj.values() if isinstance(v, torch.Tensor)]
+        if len(tensors) == 1:
+            return tensors[0]
+        raise CheckpointError(f"{path}: expected one tensor, found keys {sorted(obj)}")
+    if isinstance(obj, (list, tuple)) and obj and isinstance(obj[0], torch.Tensor):
+        return obj[0]
+    if not isinstance(obj, torch.Tensor):
+        raise CheckpointError(f"{path}: expected a tensor, found {type(obj).__name__}")
+    return obj
+
+
+def _community_settings(root: Path) -> dict[str, Any]:
+    """``t_l`` and guidance from the community port's optional ``training_config.json``."""
+    path = root / "training_config.json"
+    if not path.is_file():
+        return {}
+    try:
+        cfg = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path}: not valid JSON ({e}); delete or fix it") from None
+    found: dict[str, Any] = {"extra": {"training_config": cfg}}
+    for key in ("t_l", "T_L", "t_L", "tl", "lr_timestep", "mid_timestep", "timestep"):
+        if isinstance(cfg.get(key), (int, float)):
+            value = float(cfg[key])
+            found["t_l"] = value / 1000.0 if value > 1.0 else value  # some configs use 0..1000
+            break
+    for key in ("guidance", "guidance_scale", "guidance_embed"):
+        if isinstance(cfg.get(key), (int, float)):
+            found["guidance"] = float(cfg[key])
+            break
+    for key in ("rank", "lora_rank"):
+        if isinstance(cfg.get(key), int):
+            found["lora_rank"] = cfg[key]
+    return found
+
+
+def read_checkpoint(ref: str | Path, revision: str | None = None, offline: bool = False,
+                    notice: Notice = _no_notice) -> Checkpoint:
+    """Resolve ``ref`` and read its settings and fixed conditioning (small files only)."""
+    root = resolve(ref, revision=revision, offline=offline, allow_patterns=CHECKPOINT_FILES, notice=notice)
+    if (root / "fluxsr.json").is_file():
+        try:
+            raw = json.loads((root / "fluxsr.json").read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise CheckpointError(f"{root / 'fluxsr.json'}: not valid JSON ({e}); re-export the checkpoint") from None
+        known = {f for f in CheckpointInfo.__dataclass_fields__} - {"extra"}
+        extra = {**raw.pop("extra", {}), **{k: v for k, v in raw.items() if k not in known}}
+        try:
+            info = CheckpointInfo(**{k: v for k, v in raw.items() if k in known}, extra=extra)
+        except (TypeError, ConfigError) as e:
+            raise CheckpointError(f"{root / 'fluxsr.json'}: {e}") from None
+        if info.format_version > FORMAT_VERSION:
+            raise CheckpointError(f"{root}: checkpoint format {info.format_version} is newer than this fluxsr "
+                                  f"understands ({FORMAT_VERSION}); upgrade fluxsr")
+        emb = load_safetensors(root / "embeddings.safetensors")
+        for key in ("prompt_embeds", "pooled_prompt_embeds"):
+            if key not in emb:
+                raise CheckpointError(f"{root / 'embeddings.safetensors'}: missing tensor {key!r}; re-export")
+        lora = root / "lora.safetensors"
+        tdir = root / "transformer"
+        if not lora.is_file() and not tdir.is_dir():
+            raise CheckpointError(f"{root}: has neither lora.safetensors nor transformer/; the checkpoint is incomplete")
+        ckpt = Checkpoint(root, info, emb["prompt_embeds"], emb["pooled_prompt_embeds"],
+                          lora_file=lora if lora.is_file() else None,
+                          transformer_dir=tdir if tdir.is_dir() and not lora.is_file() else None)
+    elif (root / "pytorch_lora_weights.safetensors").is_file() or (root / "t5_embedding.pth").is_file():
+        info = CheckpointInfo(source="community", prompt="", **_community_settings(root))
+        t5 = _load_pth_tensor(root / "t5_embedding.pth", ("prompt_embeds", "t5", "embedding"))
+        clip = _load_pth_tensor(root / "clip_embedding.pth", ("pooled_prompt_embeds", "clip", "embedding"))
+        lora = root / "pytorch_lora_weights.safetensors"
+        check_safetensors(lora)
+        ckpt = Checkpoint(root, info, t5 if t5.ndim == 3 else t5.unsqueeze(0),
+                          clip if clip.ndim == 2 else clip.reshape(1, -1), lora_file=lora)
+    else:
+        raise CheckpointError(
+            f"{root}: not a fluxsr checkpoint (no fluxsr.json) nor the community FluxSR port "
+            "(no pytorch_lora_weights.safetensors); check --model"
+        )
+    if ckpt.prompt_embeds.ndim != 3 or ckpt.prompt_embeds.shape[0] != 1 or ckpt.pooled_prompt_embeds.ndim != 2:
+        raise CheckpointError(
+            f"{root}: embeddings have shapes {tuple(ckpt.prompt_embeds.shape)} and "
+            f"{tuple(ckpt.pooled_prompt_embeds.shape)}; expected [1, L, D] and [1, P]"
+        )
+    return ckpt
+
+
+# --------------------------------------------------------------------------------------------
+# Loading models
+# --------------------------------------------------------------------------------------------
+
+def _from_pretrained(cls: Any, root: Path, subfolder: str, dtype: torch.dtype) -> Any:
+    folder = root / subfolder
+    if not (folder / "config.json").is_file():
+        raise CheckpointError(f"{folder}: config.json missing; the model folder is incomplete (download it again)")
+    weights = sorted(folder.glob("*.safetensors"))
+    if not weights:
+        raise CheckpointError(f"{folder}: no .safetensors weights; the model folder is incomplete (download it again)")
+    index = [w for w in folder.glob("*.index.json")]
+    if not index:
+        for w in weights:
+            check_safetensors(w)
+    try:
+        return cls.from_pretrained(str(root), subfolder=subfolder, torch_dtype=dtype)
+    except (OSError, ValueError, RuntimeError, EnvironmentError) as e:
+        raise CheckpointError(f"{folder}: cannot load ({str(e).splitlines()[0]}); "
+                              "the files are incomplete or corrupt: download them again") from None
+
+
+def estimate_params(config: dict[str, Any]) -> float:
+    """Approximate parameter count of a FLUX transformer from its config (36 d^2 per double block,
+    15 d^2 per single block)."""
+    d = config["num_attention_heads"] * config["attention_head_dim"]
+    return float((36 * config["num_layers"] + 15 * config["num_single_layers"]) * d * d)
+
+
+def read_transformer_config(root: Path) -> dict[str, Any]:
+    path = root / "transformer" / "config.json"
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: missing; the base model folder is incomplete (download it again)") from None
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path}: not valid JSON ({e}); download it again") from None
+
+
+def load_transformer(root: Path, dtype: torch.dtype):
+    from diffusers import FluxTransformer2DModel
+
+    return _from_pretrained(FluxTransformer2DModel, root, "transformer", dtype).eval().requires_grad_(False)
+
+
+def load_vae(root: Path, dtype: torch.dtype):
+    from diffusers import AutoencoderKL
+
+    return _from_pretrained(AutoencoderKL, root, "vae", dtype).eval().requires_grad_(False)
+
+
+def apply_lora(transformer: Any, lora_file: Path, fuse: bool = True) -> int:
+    """Load a FLUX LoRA into ``transformer``; fail loudly if any of its keys matched nothing.
+
+    Some diffusers/peft paths only warn when keys do not match (and the model then behaves like the
+    base): we compare the adapter the model holds after loading with the file. Returns the number
+    of LoRA tensors loaded. With ``fuse`` the LoRA is merged into the weights and the adapter removed.
+    """
+    from diffusers import FluxPipeline
+    from peft import get_peft_model_state_dict
+
+    check_safetensors(lora_file)
+    try:
+        state_dict, alphas, metadata = FluxPipeline.lora_state_dict(
+            str(lora_file.parent), weight_name=lora_file.name, return_alphas=True, return_lora_metadata=True
+        )
+    except Exception as e:
+        raise CheckpointError(f"{lora_file}: not a FLUX LoRA diffusers can read ({str(e).splitlines()[0]})") from None
+    lora_keys = {k.removeprefix("transformer.") for k in state_dict if ".lora_" in k or k.startswith("transformer.")}
+    stray = sorted(k for k in state_dict if not k.startswith("transformer."))
+    if stray:
+        raise CheckpointError(f"{lora_file}: {len(stray)} keys are not for the FLUX transformer "
+                              f"(e.g. {stray[0]!r}); text-encoder LoRAs are not supported")
+    if not lora_keys:
+        raise CheckpointError(f"{lora_file}: holds no LoRA weights")
+    try:
+        FluxPipeline.load_lora_into_transformer(
+            state_dict, network_alphas=alphas, transformer=transformer, adapter_name=ADAPTER_NAME, metadata=metadata
+        )
+    except Exception as e:
+        raise CheckpointError(f"{lora_file}: does not fit this transformer ({str(e).splitlines()[0]}); "
+                              "is it a LoRA for a different base model?") from None
+    loaded = get_peft_model_state_dict(transformer, adapter_name=ADAPTER_NAME) if getattr(
+        transformer, "peft_config", None) else {}
+    lora_tensors = {k for k in lora_keys if ".lora_A" in k or ".lora_B" in k}
+    missing = sorted(k for k in lora_tensors if k not in loaded)
+    if missing or not loaded:
+        example = missing[0] if missing else sorted(lora_keys)[0]
+        raise CheckpointError(
+            f"{lora_file}: {len(missing) or len(lora_keys)} LoRA tensors matched no layer of the transformer "
+            f"(e.g. {example!r}); the file's key layout does not fit this model"
+        )
+    if fuse:
+        transformer.fuse_lora(lora_scale=1.0, adapter_names=[ADAPTER_NAME])
+        transformer.unload_lora()
+    return len(lora_tensors)
+
+
+def save_checkpoint(out_dir: Path, info: CheckpointInfo, embeddings: dict[str, torch.Tensor],
+                    lora_state_dict: dict[str, torch.Tensor] | None = None,
+                    lora_config: dict[str, Any] | None = None, transformer: Any = None,
+                    overwrite: bool = False) -> Path:
+    """Write a fluxsr-format checkpoint folder atomically (a temporary folder renamed into place).
+
+    ``lora_state_dict`` uses peft keys without the ``transformer.`` prefix (as
+    ``peft.get_peft_model_state_dict`` returns them); it is saved in diffusers' LoRA layout.
+    """
+    from diffusers import FluxPipeline
+    from safetensors.torch import save_file
+
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not overwrite:
+        raise CheckpointError(f"{out_dir}: exists; pass --overwrite to replace it or choose another folder")
+    if (lora_state_dict is None) == (transformer is None):
+        raise ValueError("give exactly one of lora_state_dict and transformer")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        (tmp / "fluxsr.json").write_text(json.dumps(asdict(info), indent=2) + "\n")
+        save_file({k: v.detach().contiguous().cpu() for k, v in embeddings.items()}, str(tmp / "embeddings.safetensors"))
+        if lora_state_dict is not None:
+            FluxPipeline.save_lora_weights(
+                str(tmp), transformer_lora_layers={k: v.detach().cpu() for k, v in lora_state_dict.items()},
+                weight_name="lora.safetensors", transformer_lora_adapter_metadata=lora_config,
+            )
+        else:
+            transformer.save_pretrained(str(tmp / "transformer"))
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir

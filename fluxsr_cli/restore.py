@@ -1,0 +1,205 @@
+"""The one-step restore (METHOD.md section 4): LR image -> x4 image in one transformer pass.
+
+    lq -> bicubic x scale -> reflect-pad to 16 px -> VAE encode (mean) -> z_L
+    z_hat_0 = z_L - T_L * v_theta(z_L, T_L)          # one Euler step from T_L to 0
+    hq = crop(D(z_hat_0)) -> colour fix against the bicubic upscale
+
+:func:`load_upscaler` resolves the checkpoint and the base model and returns an :class:`Upscaler`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from fluxsr_cli.checkpoint import (
+    BASE_FILES,
+    DEFAULT_BASE,
+    DEFAULT_MODEL,
+    FLUX_LICENCE_NOTE,
+    CheckpointInfo,
+    apply_lora,
+    estimate_params,
+    load_transformer,
+    load_vae,
+    read_checkpoint,
+    read_transformer_config,
+    resolve,
+)
+from fluxsr_cli.errors import CheckpointError, ConfigError, ResourceError
+from fluxsr_cli.flows import one_step
+from fluxsr_cli import vae as vae_lib
+from fluxsr_cli.latents import pad_to_multiple
+from fluxsr_cli.progress import ProgressFn, no_progress
+from fluxsr_cli.student import Conditioning, velocity
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+LARGE_MODEL_PARAMS = 1e9
+
+
+@dataclass(frozen=True)
+class UpscaleOptions:
+    """Everything that decides how an image is upscaled; saved beside outputs on request."""
+
+    model: str = DEFAULT_MODEL
+    revision: str | None = None
+    base: str | None = None  # None: the base named by the checkpoint (FLUX.1-dev)
+    base_revision: str | None = None
+    offline: bool = False
+    device: str | None = None  # None: CUDA when available, else refuse the full model on CPU
+    dtype: str | None = None  # None: bf16 on GPU, fp32 on CPU
+    t_l: float | None = None  # None: the checkpoint's
+    guidance: float | None = None  # None: the checkpoint's
+    scale: int = 4
+    seed: int = 0
+    tile: str = "1024"  # output pixels per tile, or "auto"
+    overlap: int | None = None  # output pixels; None: 25 % of the tile, at least 128
+    blend: str = "cosine"
+    tile_batch: int = 1
+    tile_space: str = "latent"
+    color_fix: str = "wavelet"
+    offload: str = "none"
+    compile: bool = False
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.scale <= 8:
+            raise ConfigError(f"--scale must be 1-8, got {self.scale}")
+        if self.dtype is not None and self.dtype not in DTYPES:
+            raise ConfigError(f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        if self.t_l is not None and not 0.0 < self.t_l < 1.0:
+            raise ConfigError(f"--t-l must lie in (0, 1), got {self.t_l}")
+        if self.color_fix not in ("wavelet", "adain", "none"):
+            raise ConfigError(f"--color-fix must be wavelet, adain or none, got {self.color_fix!r}")
+        if self.offload not in ("none", "model", "sequential"):
+            raise ConfigError(f"--offload must be none, model or sequential, got {self.offload!r}")
+
+
+def bicubic_upsample(lq: torch.Tensor, scale: int) -> torch.Tensor:
+    """[B, 3, h, w] in [0, 1] -> [B, 3, h*scale, w*scale] bicubic, clamped. Training data uses it too."""
+    if scale == 1:
+        return lq
+    return F.interpolate(lq, scale_factor=scale, mode="bicubic", align_corners=False).clamp_(0.0, 1.0)
+
+
+class Upscaler:
+    """A loaded one-step model: transformer + VAE + fixed conditioning, on one device."""
+
+    def __init__(self, transformer: torch.nn.Module, vae: torch.nn.Module, cond: Conditioning, t_l: float,
+                 options: UpscaleOptions, device: torch.device, dtype: torch.dtype,
+                 info: CheckpointInfo | None = None) -> None:
+        self.transformer = transformer
+        self.vae = vae
+        self.cond = cond.to(device, dtype)
+        self.t_l = t_l
+        self.options = options
+        self.device = device
+        self.dtype = dtype
+        self.info = info
+        self.progress: ProgressFn = no_progress
+
+    # -- the three stages; tiling replaces their insides for large images ------------------------
+    @torch.no_grad()
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, 3, H, W] in [0, 1] (sides multiples of 16) -> normalised latent [B, 16, H/8, W/8]."""
+        return vae_lib.encode(self.vae, x)
+
+    @torch.no_grad()
+    def restore_latent(self, z_l: torch.Tensor) -> torch.Tensor:
+        """z_hat_0 = z_L - T_L v_theta(z_L, T_L): [B, 16, h, w] -> [B, 16, h, w] (fp32)."""
+        v = velocity(self.transformer, z_l.to(self.device), self.t_l, self.cond, dtype=self.dtype)
+        return one_step(z_l.to(self.device).float(), v.float(), self.t_l)
+
+    @torch.no_grad()
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Normalised latent [B, 16, h, w] -> image [B, 3, 8h, 8w] in [0, 1] (fp32)."""
+        return vae_lib.decode(self.vae, z)
+
+    # -- whole images ------------------------------------------------------------------------------
+    @torch.no_grad()
+    def upscale_tensor(self, lq: torch.Tensor) -> torch.Tensor:
+        """LR image [1, 3, h, w] in [0, 1] -> [1, 3, h*scale, w*scale] in [0, 1] (fp32, CPU)."""
+        up = bicubic_upsample(lq.float(), self.options.scale)  # [1, 3, H, W]
+        x, (h, w) = pad_to_multiple(up)  # reflect-pad to multiples of 16 px
+        z_l = self.encode(x)
+        z_0 = self.restore_latent(z_l)
+        out = self.decode(z_0)[..., :h, :w].cpu()
+        return apply_color_fix(out, up, self.options.color_fix)
+
+    def upscale_array(self, rgb: np.ndarray) -> np.ndarray:
+        """[h, w, 3] float32 in [0, 1] -> [h*scale, w*scale, 3] float32 in [0, 1]."""
+        lq = torch.from_numpy(np.ascontiguousarray(rgb, dtype=np.float32)).permute(2, 0, 1)[None]
+        out = self.upscale_tensor(lq)
+        return out[0].permute(1, 2, 0).numpy()
+
+
+def apply_color_fix(out: torch.Tensor, reference: torch.Tensor, method: str) -> torch.Tensor:
+    """Colour fix once, globally, against the bicubic upscale (see :mod:`fluxsr_cli.colorfix`)."""
+    if method == "none":
+        return out
+    from fluxsr_cli import colorfix
+
+    return colorfix.color_fix(out, reference, method).clamp_(0.0, 1.0)
+
+
+def pick_device(requested: str | None, transformer_config: dict, base_ref: str) -> torch.device:
+    """CUDA when present; without one the full-size model is refused unless the CPU is asked for."""
+    if requested:
+        try:
+            device = torch.device(requested)
+        except RuntimeError:
+            raise ConfigError(f"--device {requested!r} is not a device; use cpu, cuda or cuda:N") from None
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ResourceError(f"--device {requested}: no CUDA GPU is visible; use --device cpu")
+        return device
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    params = estimate_params(transformer_config)
+    if params > LARGE_MODEL_PARAMS:
+        raise ResourceError(
+            f"{base_ref}: the {params / 1e9:.1f}B-parameter FLUX transformer needs a CUDA GPU with at least "
+            "24 GB (less with --offload); no GPU is visible. On the CPU it needs about 48 GB of RAM and "
+            "several minutes per megapixel: pass --device cpu to run it there anyway"
+        )
+    return torch.device("cpu")
+
+
+def load_upscaler(options: UpscaleOptions, progress: ProgressFn = no_progress,
+                  notice: Callable[[str], None] = lambda message: None) -> Upscaler:
+    """Resolve the checkpoint and base (Hub or local), load transformer + LoRA + VAE, return an Upscaler."""
+    steps = 5
+    progress("load", 0, steps)
+    ckpt = read_checkpoint(options.model, revision=options.revision, offline=options.offline, notice=notice)
+    base_ref = options.base or ckpt.info.base_model
+    base_revision = options.base_revision if options.base else (options.base_revision or ckpt.info.base_revision)
+    note = FLUX_LICENCE_NOTE if str(base_ref) == DEFAULT_BASE else None
+    base = resolve(base_ref, revision=base_revision, offline=options.offline, allow_patterns=BASE_FILES,
+                   notice=notice, first_download_note=note)
+    progress("load", 1, steps)
+    tconfig = read_transformer_config(ckpt.root if ckpt.transformer_dir else base)
+    device = pick_device(options.device, tconfig, str(base_ref))
+    dtype = DTYPES[options.dtype] if options.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
+    for name, got, want in (("prompt_embeds", ckpt.prompt_embeds.shape[-1], tconfig["joint_attention_dim"]),
+                            ("pooled_prompt_embeds", ckpt.pooled_prompt_embeds.shape[-1],
+                             tconfig["pooled_projection_dim"])):
+        if got != want:
+            raise CheckpointError(f"{ckpt.root}: {name} has width {got} but the transformer of {base_ref} expects "
+                                  f"{want}; the checkpoint was made for another base model (check --base)")
+    transformer = load_transformer(ckpt.root if ckpt.transformer_dir else base, dtype)
+    progress("load", 2, steps)
+    if ckpt.lora_file is not None:
+        apply_lora(transformer, ckpt.lora_file, fuse=True)
+    progress("load", 3, steps)
+    vae = load_vae(base, dtype)
+    progress("load", 4, steps)
+    from fluxsr_cli.memory import place_models
+
+    place_models(transformer, vae, device, options)
+    t_l = options.t_l if options.t_l is not None else ckpt.info.t_l
+    guidance = options.guidance if options.guidance is not None else ckpt.info.guidance
+    cond = Conditioning(ckpt.prompt_embeds, ckpt.pooled_prompt_embeds, guidance)
+    progress("load", steps, steps)
+    return Upscaler(transformer, vae, cond, t_l, options, device, dtype, info=ckpt.info)
