@@ -1,0 +1,95 @@
+"""The one-step restore end to end on the tiny random FLUX stack."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from fluxsr_cli.architectures import FLUX_DEV_TRANSFORMER, TINY_TRANSFORMER
+from fluxsr_cli.errors import ConfigError, ResourceError
+from fluxsr_cli.restore import UpscaleOptions, load_upscaler, pick_device
+from fluxsr_cli.student import velocity
+from tests.conftest import HUB_MODEL
+
+
+def _opts(model, **kw) -> UpscaleOptions:
+    return UpscaleOptions(model=str(model), device="cpu", color_fix="none", **kw)
+
+
+@pytest.fixture(scope="module")
+def upscaler(tiny_ckpt):
+    return load_upscaler(_opts(tiny_ckpt))
+
+
+def test_odd_size_gives_exact_output_size(upscaler):
+    lq = np.random.default_rng(0).random((37, 53, 3), dtype=np.float32)
+    out = upscaler.upscale_array(lq)
+    assert out.shape == (148, 212, 3) and out.dtype == np.float32
+    assert 0.0 <= out.min() and out.max() <= 1.0
+
+
+def test_same_input_same_bytes(upscaler, small_photo):
+    a = upscaler.upscale_array(small_photo)
+    b = upscaler.upscale_array(small_photo)
+    assert a.tobytes() == b.tobytes()
+
+
+def test_restore_latent_is_one_euler_step(upscaler):
+    """z_hat_0 = z_L - T_L v_theta(z_L, T_L), exactly as METHOD.md section 4 writes it."""
+    z_l = torch.randn(1, 16, 6, 4, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        expected = z_l - upscaler.t_l * velocity(upscaler.transformer, z_l, upscaler.t_l, upscaler.cond)
+    torch.testing.assert_close(upscaler.restore_latent(z_l), expected)
+
+
+def test_settings_come_from_checkpoint_and_can_be_overridden(tiny_ckpt, tiny_community, tiny_base, small_photo):
+    assert load_upscaler(_opts(tiny_community, base=str(tiny_base))).t_l == pytest.approx(0.3)
+    default = load_upscaler(_opts(tiny_ckpt))
+    other = load_upscaler(_opts(tiny_ckpt, t_l=0.5, guidance=3.0))
+    assert default.t_l == 0.25 and other.t_l == 0.5 and other.cond.guidance == 3.0
+    assert not np.array_equal(default.upscale_array(small_photo), other.upscale_array(small_photo))
+
+
+def test_community_format_end_to_end(tiny_community, tiny_base, small_photo):
+    up = load_upscaler(_opts(tiny_community, base=str(tiny_base)))
+    assert up.upscale_array(small_photo).shape == (192, 160, 3)
+
+
+def test_from_offline_hub_cache(offline_hub, small_photo):
+    up = load_upscaler(UpscaleOptions(model=HUB_MODEL, offline=True, device="cpu", color_fix="none"))
+    assert up.upscale_array(small_photo).shape == (192, 160, 3)
+
+
+def test_scale_option(tiny_ckpt, small_photo):
+    up = load_upscaler(_opts(tiny_ckpt, scale=2))
+    assert up.upscale_array(small_photo).shape == (96, 80, 3)
+
+
+def test_full_model_refused_on_cpu_unless_asked(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ResourceError, match="11.*B-parameter.*--device cpu"):
+        pick_device(None, FLUX_DEV_TRANSFORMER, "black-forest-labs/FLUX.1-dev")
+    assert pick_device("cpu", FLUX_DEV_TRANSFORMER, "x").type == "cpu"
+    assert pick_device(None, TINY_TRANSFORMER, "x").type == "cpu"
+
+
+@pytest.mark.parametrize("kw", [{"scale": 0}, {"scale": 9}, {"dtype": "fp8"}, {"t_l": 1.0}, {"color_fix": "x"}])
+def test_bad_options(kw):
+    with pytest.raises(ConfigError):
+        UpscaleOptions(**kw)
+
+
+def test_embeddings_for_another_base_are_refused(tiny_ckpt, tmp_path):
+    import shutil
+
+    from safetensors.torch import save_file
+
+    from fluxsr_cli.errors import CheckpointError
+
+    other = tmp_path / "ck"
+    shutil.copytree(tiny_ckpt, other)
+    save_file({"prompt_embeds": torch.zeros(1, 8, 4096), "pooled_prompt_embeds": torch.zeros(1, 768)},
+              str(other / "embeddings.safetensors"))
+    with pytest.raises(CheckpointError, match="width 4096.*expects 32"):
+        load_upscaler(_opts(other))
