@@ -42,4 +42,12 @@ app.command("info")(info.info)
 
 
 def main() -> None:
+    import os
+    import sys
+
+    # transformers/diffusers log import-time notes (e.g. "requires torchvision") that mean nothing to
+    # a user of this tool; fluxsr reports what matters itself. --debug shows them again.
+    if "--debug" not in sys.argv:
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
     app()
