@@ -1,13 +1,75 @@
-"""`fluxsr eval` (not written yet)."""
+"""`fluxsr eval`: the paper's metrics on a folder of outputs, as a Rich table (and CSV / JSON)."""
 
 from __future__ import annotations
 
+import math
+from pathlib import Path
+from typing import Annotated
+
 import typer
 
-from fluxsr_cli.cli.common import handle_errors
+from fluxsr_cli.cli.common import console, handle_errors, out, rich_progress
 
 
 @handle_errors
-def evaluate() -> None:
-    """Not available yet."""
-    raise typer.Exit(1)
+def evaluate(
+    pred_dir: Annotated[Path, typer.Argument(help="Folder of super-resolved images to score.")],
+    gt: Annotated[Path | None, typer.Option("--gt", help="Folder of ground-truth images, matched by file name.")] = None,
+    scale: Annotated[int, typer.Option("--scale", min=1, help="Upscaling factor of the outputs.")] = 4,
+    crop_border: Annotated[
+        int | None, typer.Option("--crop-border", min=0, help="Pixels cut per side for PSNR/SSIM [default: --scale].")
+    ] = None,
+    metrics: Annotated[str | None, typer.Option("--metrics", help="Comma-separated metrics [default: all that apply].")] = None,
+    dataset: Annotated[
+        str | None, typer.Option("--dataset", help="Show the paper's FluxSR row: realsr, drealsr or div2k-val.")
+    ] = None,
+    csv_path: Annotated[Path | None, typer.Option("--csv", help="Write per-image results as CSV.")] = None,
+    json_path: Annotated[Path | None, typer.Option("--json", help="Write per-image results and means as JSON.")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing --csv/--json files.")] = False,
+    device: Annotated[str, typer.Option("--device", help="Device for the learned metrics: auto, cpu, cuda, ...")] = "auto",
+) -> None:
+    """Score outputs: PSNR/SSIM on Y, LPIPS, DISTS with --gt; MUSIQ, MANIQA, TOPIQ, CLIPIQA, NIQE always."""
+    from fluxsr_cli.atomic import check_writable
+    from fluxsr_cli.evaluate import METRICS, EvalConfig, write_csv, write_json
+    from fluxsr_cli.evaluate import evaluate as run_eval
+
+    for path in (csv_path, json_path):
+        if path is not None:
+            check_writable(path, overwrite)
+    names = tuple(m.strip().lower() for m in metrics.split(",") if m.strip()) if metrics is not None else None
+    config = EvalConfig(pred_dir, gt, scale if crop_border is None else crop_border, names, dataset, device)
+    with rich_progress(transient=True) as progress:
+        report = run_eval(config, progress)
+
+    from rich.markup import escape
+    from rich.table import Table
+
+    n_images = sum(r.pred is not None for r in report.rows)
+    table = Table(title=escape(f"{pred_dir}: {n_images} images"))
+    for col in ("metric", "mean", "images"):
+        table.add_column(col, justify="left" if col == "metric" else "right")
+    if report.paper is not None:
+        table.add_column(f"FluxSR paper ({dataset})", justify="right", style="cyan")
+    for m in report.metrics:
+        cells = [f"{m} {'↓' if METRICS[m].lower_better else '↑'}", _fmt(report.means[m]), str(report.counts[m])]
+        table.add_row(*cells, *([_fmt(report.paper.get(m))] if report.paper is not None else []))
+    out.print(table)
+    for m, reason in report.unavailable.items():
+        console.print(f"[yellow]unavailable[/] {m}: {escape(reason)}", soft_wrap=True)
+    for row in report.problems:
+        for note in row.notes:
+            console.print(f"[yellow]{escape(row.name)}[/]: {escape(note)}", soft_wrap=True)
+    if csv_path is not None:
+        write_csv(report, csv_path, overwrite=overwrite)
+        console.print(f"wrote {csv_path}")
+    if json_path is not None:
+        write_json(report, json_path, overwrite=overwrite)
+        console.print(f"wrote {json_path}")
+
+
+def _fmt(v: float | None) -> str:
+    if v is None:
+        return "-"
+    if not math.isfinite(v):
+        return str(v)
+    return f"{v:.2f}" if abs(v) >= 10 else f"{v:.4f}"

@@ -1,0 +1,150 @@
+"""`fluxsr eval` on real photos and degraded copies of them, through Typer's CliRunner."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+from scipy.ndimage import gaussian_filter
+from skimage import data
+from typer.testing import CliRunner
+
+from fluxsr_cli.cli import app
+from fluxsr_cli.evaluate import EvalConfig, evaluate
+from fluxsr_cli.lpips import LPIPS_HEADS_FILE, VGG16_FILE
+from fluxsr_cli.metrics import psnr_y, ssim_y
+from tests.lpips_weights import lpips_cache
+
+PHOTOS = ("astronaut", "coffee", "chelsea")
+SIZE = 96
+
+
+def _save(arr: np.ndarray, path) -> None:
+    Image.fromarray(np.round(np.clip(arr, 0, 1) * 255).astype(np.uint8)).save(path)
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    """gt/ holds 3 photos; pred/ blurred + noisy copies, one extra, one of the wrong size, one broken."""
+    root = tmp_path_factory.mktemp("eval")
+    gt_dir, pred_dir = root / "gt", root / "pred"
+    gt_dir.mkdir()
+    pred_dir.mkdir()
+    rng = np.random.default_rng(0)
+    for i, name in enumerate(PHOTOS):
+        img = getattr(data, name)()[:SIZE, :SIZE].astype(np.float64) / 255
+        _save(img, gt_dir / f"{name}.png")
+        blurred = gaussian_filter(img, sigma=(0.5 + i, 0.5 + i, 0))  # heavier for each photo
+        _save(blurred + rng.normal(0, 0.02, img.shape), pred_dir / f"{name}.png")
+    _save(data.astronaut()[:SIZE, :SIZE] / 255, pred_dir / "extra.png")  # no ground truth
+    _save(data.rocket()[:SIZE, :SIZE] / 255, gt_dir / "small.png")
+    _save(data.rocket()[: SIZE // 2, : SIZE // 2] / 255, pred_dir / "small.png")  # wrong size
+    (pred_dir / "broken.png").write_bytes(b"not a png")
+    _save(data.coffee()[:SIZE, :SIZE] / 255, gt_dir / "lonely.png")  # no prediction
+    return pred_dir, gt_dir
+
+
+@pytest.fixture
+def torch_home(tmp_path, monkeypatch):
+    """TORCH_HOME with the real LPIPS weights in hub/checkpoints, where load_lpips looks by default."""
+    src = lpips_cache()
+    ckpt = tmp_path / "torch" / "hub" / "checkpoints"
+    ckpt.mkdir(parents=True)
+    for name in (VGG16_FILE, LPIPS_HEADS_FILE):
+        (ckpt / name).symlink_to(src / name)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setenv("FLUXSR_OFFLINE", "1")
+    return tmp_path / "torch"
+
+
+@pytest.fixture
+def no_pyiqa(monkeypatch):
+    monkeypatch.setitem(sys.modules, "pyiqa", None)  # `import pyiqa` now raises ImportError
+
+
+def _run(*args: str):
+    return CliRunner().invoke(app, ["eval", *args], env={"COLUMNS": "160"})
+
+
+def test_table_csv_and_json(folders, torch_home, no_pyiqa, tmp_path):
+    pred_dir, gt_dir = folders
+    out_csv, out_json = tmp_path / "res.csv", tmp_path / "res.json"
+    r = _run(str(pred_dir), "--gt", str(gt_dir), "--dataset", "realsr", "--csv", str(out_csv), "--json", str(out_json), "--device", "cpu")
+    assert r.exit_code == 0, r.output
+    for text in ("psnr", "ssim", "lpips-vgg", "FluxSR paper (realsr)", "24.83", "0.7175"):
+        assert text in r.stdout, text
+    # pyiqa's metrics are reported unavailable, with the reason, on stderr
+    assert "unavailable" in r.stderr and "musiq" in r.stderr and "pyiqa" in r.stderr
+    for problem in ("small", "broken", "extra"):
+        assert problem in r.stderr
+
+    rows = {row["name"]: row for row in csv.DictReader(out_csv.open())}
+    assert set(rows) == {*PHOTOS, "extra", "small", "broken", "lonely"}
+    for name in PHOTOS:
+        pred = np.asarray(Image.open(pred_dir / f"{name}.png"), np.float64) / 255
+        gt = np.asarray(Image.open(gt_dir / f"{name}.png"), np.float64) / 255
+        assert float(rows[name]["psnr"]) == pytest.approx(psnr_y(pred, gt, 4), abs=1e-6)
+        assert float(rows[name]["ssim"]) == pytest.approx(ssim_y(pred, gt, 4), abs=1e-6)
+        assert rows[name]["notes"] == ""
+    # heavier blur for each photo: LPIPS rises, SSIM falls
+    lp = [float(rows[n]["lpips-vgg"]) for n in PHOTOS]
+    ss = [float(rows[n]["ssim"]) for n in PHOTOS]
+    assert lp[0] < lp[1] < lp[2] and ss[0] > ss[1] > ss[2]
+    assert "differs from ground truth" in rows["small"]["notes"] and rows["small"]["psnr"] == ""
+    assert "unreadable prediction" in rows["broken"]["notes"]
+    assert "no ground truth" in rows["extra"]["notes"]
+    assert "no prediction" in rows["lonely"]["notes"] and rows["lonely"]["psnr"] == ""
+
+    report = json.loads(out_json.read_text())
+    assert report["counts"]["psnr"] == 3
+    assert report["means"]["psnr"] == pytest.approx(np.mean([float(rows[n]["psnr"]) for n in PHOTOS]))
+    assert "musiq" in report["unavailable"] and report["paper"]["psnr"] == 24.83
+
+
+def test_lpips_weights_missing_degrades_to_the_other_metrics(folders, tmp_path, monkeypatch, no_pyiqa):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty"))
+    monkeypatch.setenv("FLUXSR_OFFLINE", "1")
+    pred_dir, gt_dir = folders
+    report = evaluate(EvalConfig(pred_dir, gt_dir, metrics=("psnr", "lpips-vgg", "dists"), device="cpu"))
+    assert report.metrics == ("psnr",)
+    assert VGG16_FILE in report.unavailable["lpips-vgg"]
+    assert "pyiqa" in report.unavailable["dists"]
+    assert report.counts["psnr"] == 3
+
+
+def test_crop_border_defaults_to_scale(folders, no_pyiqa, tmp_path):
+    pred_dir, gt_dir = folders
+    means = {}
+    for label, opts in {"scale2": ["--scale", "2"], "crop2": ["--crop-border", "2"], "default": []}.items():
+        path = tmp_path / f"{label}.json"
+        r = _run(str(pred_dir), "--gt", str(gt_dir), "--metrics", "psnr", "--json", str(path), *opts)
+        assert r.exit_code == 0, r.output
+        saved = json.loads(path.read_text())
+        means[label] = (saved["config"]["crop_border"], saved["means"]["psnr"])
+    assert means["scale2"] == means["crop2"] and means["scale2"][0] == 2
+    assert means["default"][0] == 4 and means["default"][1] != means["scale2"][1]
+
+
+def test_no_reference_only_without_pyiqa_is_a_clear_error(folders, no_pyiqa):
+    pred_dir, _ = folders
+    r = _run(str(pred_dir))
+    assert r.exit_code == 2
+    assert "no metric can run" in r.stderr and "--gt" in r.stderr
+
+
+def test_bad_options(folders, tmp_path):
+    pred_dir, gt_dir = folders
+    r = _run(str(pred_dir), "--gt", str(gt_dir), "--metrics", "psnr,sharpness")
+    assert r.exit_code == 2 and "unknown metric(s) sharpness" in r.stderr
+    r = _run(str(pred_dir), "--dataset", "set5")
+    assert r.exit_code == 2 and "unknown dataset" in r.stderr
+    r = _run(str(tmp_path / "nowhere"))
+    assert r.exit_code == 2 and "folder not found" in r.stderr
+    existing = tmp_path / "exists.csv"
+    existing.write_text("keep")
+    r = _run(str(pred_dir), "--gt", str(gt_dir), "--metrics", "psnr", "--csv", str(existing))
+    assert r.exit_code == 2 and "--overwrite" in r.stderr and existing.read_text() == "keep"
