@@ -1,13 +1,120 @@
-"""`fluxsr batch` (not written yet)."""
+"""`fluxsr batch DIR -o OUTDIR`: a folder of photos, resumable, one bad file never stops it."""
 
 from __future__ import annotations
 
-import typer
+from pathlib import Path
+from typing import Annotated
 
-from fluxsr_cli.cli.common import handle_errors
+import typer
+from rich.table import Table
+
+from fluxsr_cli.checkpoint import DEFAULT_MODEL
+from fluxsr_cli.cli import model_options as mo
+from fluxsr_cli.cli.common import console, handle_errors, out, rich_progress
+
+FILES = "Files"
 
 
 @handle_errors
-def batch() -> None:
-    """Not available yet."""
-    raise typer.Exit(1)
+def batch(
+    src: Annotated[Path, typer.Argument(help="Folder of images (PNG, JPEG, WebP, TIFF, BMP, ...).", show_default=False)],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Output folder (created if needed).",
+                                         show_default=False, rich_help_panel=FILES)],
+    recursive: Annotated[bool, typer.Option("--recursive", "-r", help="Include subfolders; the tree is mirrored.",
+                                            rich_help_panel=FILES)] = False,
+    include: Annotated[list[str] | None, typer.Option("--include", help="Only files matching this glob (repeatable).",
+                                                      rich_help_panel=FILES)] = None,
+    exclude: Annotated[list[str] | None, typer.Option("--exclude", help="Skip files matching this glob (repeatable).",
+                                                      rich_help_panel=FILES)] = None,
+    suffix: Annotated[str, typer.Option("--suffix", help="Added to output names, e.g. _x4.", rich_help_panel=FILES)] = "",
+    ext: Annotated[str | None, typer.Option("--ext", help="Output format (png, jpg, webp, tif, bmp); default: the input's.",
+                                            rich_help_panel=FILES)] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Redo existing outputs (default: skip them, i.e. resume).",
+                                            rich_help_panel=FILES)] = False,
+    quality: Annotated[int, typer.Option("--quality", help="Quality for JPEG/WebP outputs.", rich_help_panel=FILES)] = 95,
+    strip_metadata: Annotated[bool, typer.Option("--strip-metadata", help="Drop EXIF and ICC profile.",
+                                                 rich_help_panel=FILES)] = False,
+    rgb: Annotated[bool, typer.Option("--rgb", help="Write grey and palette inputs as RGB.", rich_help_panel=FILES)] = False,
+    max_pixels: Annotated[float, typer.Option("--max-pixels", help="Refuse outputs above this many megapixels.",
+                                              rich_help_panel=FILES)] = 50.0,
+    report: Annotated[Path | None, typer.Option("--report", help="Write every file's outcome and timing as JSON.",
+                                                rich_help_panel=FILES)] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="List what would be done; load no model.",
+                                          rich_help_panel=FILES)] = False,
+    model: mo.Model = DEFAULT_MODEL, revision: mo.Revision = None, base: mo.Base = None, offline: mo.Offline = False,
+    device: mo.Device = None, dtype: mo.Dtype = None, t_l: mo.TL = None, guidance: mo.Guidance = None,
+    scale: mo.Scale = 4, seed: mo.Seed = 0, tile: mo.Tile = "1024", overlap: mo.Overlap = None,
+    blend: mo.Blend = "cosine", tile_batch: mo.TileBatch = 1, tile_space: mo.TileSpace = "latent",
+    color_fix: mo.ColorFix = "wavelet", offload: mo.Offload = "none", compile: mo.Compile = False,
+) -> None:
+    """Upscale every image in a folder; rerun the same command to resume.
+
+    Existing outputs are skipped, a bad file is reported and the rest go on; the exit code is 1 when
+    any file failed. Several GPUs split the files:
+    accelerate launch --num_processes 4 -m fluxsr_cli batch photos -o photos_x4
+
+    Examples:
+      fluxsr batch photos -o photos_x4 --recursive --report report.json
+      fluxsr batch scans -o out --include "*.tif" --suffix _x4 --ext png
+    """
+    from fluxsr_cli.batch import BatchConfig, default_processes, plan_batch, run_batch
+
+    config = BatchConfig(
+        input_dir=src, output_dir=output, recursive=recursive, include=tuple(include or ()),
+        exclude=tuple(exclude or ()), suffix=suffix, ext=ext, scale=scale, max_pixels=int(max_pixels * 1e6),
+        quality=quality, strip_metadata=strip_metadata, keep_mode=not rgb, overwrite=overwrite, report=report)
+    procs = default_processes()
+    main = procs.index == 0
+    options = mo.upscale_options(
+        model=model, revision=revision, base=base, offline=offline, device=device or procs.device, dtype=dtype,
+        t_l=t_l, guidance=guidance, scale=scale, seed=seed, tile=tile, overlap=overlap, blend=blend,
+        tile_batch=tile_batch, tile_space=tile_space, color_fix=color_fix, offload=offload, compile=compile)
+    jobs = plan_batch(config)  # bad folders fail before minutes of model loading
+    pending = sum(j.status == "pending" for j in jobs)
+    if dry_run:
+        if main:
+            _print_plan(jobs, config.output_dir)
+        return
+    with rich_progress(enabled=None if main else False) as progress:
+        fn = None
+        if pending:
+            from fluxsr_cli.restore import load_upscaler
+
+            upscaler = load_upscaler(options, progress, notice=lambda m: console.print(f"[yellow]note:[/] {m}"))
+            upscaler.progress = progress
+            fn = upscaler.upscale_array
+        result = run_batch(config, fn, progress, jobs=jobs, processes=procs)
+    if main:
+        _print_report(result)
+    if result.failed:
+        raise typer.Exit(1)
+
+
+def _print_plan(jobs, output: Path) -> None:
+    table = Table(title=f"plan: {len(jobs)} files -> {output}")
+    for col in ("input", "output", "action"):
+        table.add_column(col)
+    for j in jobs:
+        action = "upscale" if j.status == "pending" else f"{j.status}: {j.reason}"
+        table.add_row(j.rel, j.dst.relative_to(output).as_posix(), action)
+    out.print(table)
+
+
+def _print_report(report) -> None:
+    problems = [f for f in report.files if f.status == "failed" or f.notes]
+    if problems:
+        table = Table(title="files with failures or notes")
+        for col in ("file", "status", "reason / notes"):
+            table.add_column(col, overflow="fold")
+        for f in problems:
+            table.add_row(f.rel or f.src, f.status, f.reason or "; ".join(f.notes),
+                          style="red" if f.status == "failed" else None)
+        out.print(table)
+    done = [f for f in report.files if f.status == "done"]
+    per_image = sum(f.seconds for f in done) / len(done) if done else 0.0
+    summary = Table(title="fluxsr batch")
+    for col in ("done", "skipped", "failed", "time", "per image"):
+        summary.add_column(col, justify="right")
+    summary.add_row(str(report.done), str(report.skipped), f"[red]{report.failed}[/]" if report.failed else "0",
+                    f"{report.seconds:.1f} s", f"{per_image:.2f} s")
+    out.print(summary)
