@@ -1,0 +1,127 @@
+"""`fluxsr upscale` and `fluxsr info` through the CLI on real photos and the tiny checkpoints."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from fluxsr_cli.cli import app
+from tests.conftest import HUB_MODEL
+
+runner = CliRunner()
+
+
+@pytest.fixture()
+def cat_jpg(tmp_path):
+    from skimage import data
+
+    path = tmp_path / "chelsea cat é.jpg"  # spaces and non-ASCII in the name
+    Image.fromarray(data.chelsea()[::6, :450:6]).save(path, quality=92)  # 75x50 (w x h)
+    return path
+
+
+def _run(*args):
+    result = runner.invoke(app, [str(a) for a in args])
+    return result.exit_code, result.output
+
+
+@pytest.mark.parametrize("fmt", ["fluxsr", "community"])
+def test_upscale_both_formats_from_folders(fmt, tiny_ckpt, tiny_community, tiny_base, cat_jpg, tmp_path):
+    model = tiny_ckpt if fmt == "fluxsr" else tiny_community
+    out = tmp_path / "out.png"
+    code, output = _run("upscale", cat_jpg, "-o", out, "--model", model, "--base", tiny_base)
+    assert code == 0, output
+    assert Image.open(out).size == (300, 200)
+    assert "wrote" in output and "300x200" in output
+
+
+def test_upscale_from_offline_hub_cache_in_a_fresh_process(hub_cache, cat_jpg, tmp_path):
+    """HF_HUB_OFFLINE is read when huggingface_hub is imported: set it for a fresh process."""
+    out = tmp_path / "out.png"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(hub_cache), "HF_HOME": str(tmp_path / "hfhome")}
+    proc = subprocess.run([sys.executable, "-m", "fluxsr_cli", "upscale", str(cat_jpg), "-o", str(out),
+                           "--model", HUB_MODEL], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert Image.open(out).size == (300, 200)
+
+
+def test_same_seed_same_bytes(tiny_ckpt, cat_jpg, tmp_path):
+    for name in ("a.png", "b.png"):
+        assert _run("upscale", cat_jpg, "-o", tmp_path / name, "--model", tiny_ckpt, "--seed", 7)[0] == 0
+    assert (tmp_path / "a.png").read_bytes() == (tmp_path / "b.png").read_bytes()
+
+
+def test_existing_output_is_kept_without_overwrite(tiny_ckpt, cat_jpg, tmp_path):
+    out = tmp_path / "out.png"
+    out.write_bytes(b"precious")
+    code, output = _run("upscale", cat_jpg, "-o", out, "--model", tiny_ckpt)
+    assert code == 2 and "--overwrite" in output
+    assert out.read_bytes() == b"precious"
+    code, _ = _run("upscale", cat_jpg, "-o", out, "--model", tiny_ckpt, "--overwrite")
+    assert code == 0 and Image.open(out).size == (300, 200)
+
+
+@pytest.mark.parametrize("case,expect,code", [
+    ("missing_input", "file not found", 2),
+    ("zero_byte", "empty", 2),
+    ("bad_model", "no such folder", 3),
+    ("corrupt_ckpt", "corrupt", 3),
+    ("bad_scale", "--scale must be 1-8", 2),
+])
+def test_errors_are_one_line(case, expect, code, tiny_ckpt, cat_jpg, tmp_path):
+    import shutil
+
+    src, model, extra = cat_jpg, tiny_ckpt, []
+    if case == "missing_input":
+        src = tmp_path / "nope.jpg"
+    elif case == "zero_byte":
+        src = tmp_path / "zero.png"
+        src.write_bytes(b"")
+    elif case == "bad_model":
+        model = tmp_path / "no-such-checkpoint"
+    elif case == "corrupt_ckpt":
+        model = tmp_path / "ck"
+        shutil.copytree(tiny_ckpt, model)
+        data = (model / "lora.safetensors").read_bytes()
+        (model / "lora.safetensors").write_bytes(data[:100])
+    elif case == "bad_scale":
+        extra = ["--scale", "9"]
+    got, output = _run("upscale", src, "-o", tmp_path / "o.png", "--model", model, *extra)
+    assert got == code, output
+    lines = [line for line in output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:") and expect in lines[0], output
+    assert not (tmp_path / "o.png").exists()
+
+
+def test_batch_with_the_real_tiny_model(tiny_ckpt, tmp_path, photo):
+    src = tmp_path / "in"
+    (src / "sub").mkdir(parents=True)
+    Image.fromarray(photo[::16, ::16]).save(src / "a.png")
+    Image.fromarray(photo[100:140, 200:248]).save(src / "sub" / "b.jpg")
+    code, output = _run("batch", src, "-o", tmp_path / "out", "--recursive", "--model", tiny_ckpt)
+    assert code == 0, output
+    assert Image.open(tmp_path / "out" / "a.png").size == (128, 128)
+    assert Image.open(tmp_path / "out" / "sub" / "b.jpg").size == (192, 160)
+
+
+def test_info_lists_cached_models_and_describes_a_checkpoint(hub_cache, tiny_ckpt, monkeypatch):
+    import huggingface_hub.constants as constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(hub_cache))
+    code, output = _run("info", "--model", tiny_ckpt)
+    assert code == 0, output
+    assert "torch" in output and "diffusers" in output and "cpu" in output
+    assert HUB_MODEL in output and "fluxsr checkpoint" in output and "FLUX base" in output
+    assert "t_l" in output and "0.25" in output and "(1, 8, 32)" in output
+
+
+def test_help_shows_examples():
+    code, output = _run("upscale", "--help")
+    assert code == 0 and "Examples" in output and "--tile" in output
+    assert np.all([cmd in _run("--help")[1] for cmd in ("upscale", "batch", "degrade", "pairs", "distill", "eval")])
