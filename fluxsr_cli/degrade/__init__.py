@@ -1,0 +1,6 @@
+"""Real-world degradation: the Real-ESRGAN second-order pipeline that makes LR inputs from HQ images.
+
+``kernels`` (pure blur kernels), ``ops`` (blur, resize, noise, JPEG), ``config`` (frozen settings),
+``pipeline`` (draw and apply, :func:`degrade`) and ``folder`` (a folder of images, behind
+``fluxsr degrade``). Importing this package imports nothing heavy; import the submodules you need.
+"""
