@@ -1,13 +1,71 @@
-"""`fluxsr distill` (not written yet)."""
+"""`fluxsr distill --config ftd.toml`: Flow Trajectory Distillation; `fluxsr distill export RUN -o CKPT`."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Annotated
+
 import typer
 
-app = typer.Typer(help="Flow Trajectory Distillation into the one-step model.", no_args_is_help=True)
+from fluxsr_cli.cli.common import console, handle_errors, out, parse_overrides, rich_progress
+
+app = typer.Typer(help="Flow Trajectory Distillation into the one-step model.", no_args_is_help=False)
 
 
-@app.command("run")
-def run() -> None:
-    """Not available yet."""
-    raise typer.Exit(1)
+@app.callback(invoke_without_command=True)
+@handle_errors
+def distill(
+    ctx: typer.Context,
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="TOML file with a [distill] section.")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override a setting: KEY=VALUE (repeatable).")] = None,
+    resume: Annotated[str | None, typer.Option("--resume", help="'latest' or a checkpoint folder to continue from.")]
+    = None,
+) -> None:
+    """Train the one-step student on pairs from `fluxsr pairs` (runs under `accelerate launch` too).
+
+    Examples:
+      fluxsr distill --config configs/ftd.toml
+      fluxsr distill --config configs/ftd.toml --set lora_rank=32 --set max_steps=2000 --resume latest
+      accelerate launch --multi_gpu --num_processes 8 -m fluxsr_cli distill --config configs/ftd.toml
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    from fluxsr_cli.train import distill as run_distill
+    from fluxsr_cli.train import load_distill_config
+
+    if config is None:
+        console.print("give --config FILE (see configs/ftd.toml); `fluxsr distill --help` lists the options")
+        raise typer.Exit(2)
+    cfg = load_distill_config(config, parse_overrides(set_))
+    with rich_progress() as progress:
+        result = run_distill(cfg, resume=resume, progress=progress,
+                             notice=lambda m: console.print(f"[yellow]note:[/] {m}"))
+    from rich.table import Table
+
+    table = Table(title=f"distill: {result.run_dir}")
+    for col in ("step", "loss", "ftd", "rec", "adl", "lr"):
+        table.add_column(col, justify="right")
+    for rec in result.history[-3:]:
+        table.add_row(str(rec["step"]), *(f"{rec[k]:.4g}" if k in rec else "-" for k in ("loss", "ftd", "rec", "adl", "lr")))
+    out.print(table)
+    if result.validation:
+        v = result.validation[-1]
+        out.print(f"held-out one-step latent error {v['one_step_error']:.4f} (identity z_L: {v['identity_error']:.4f})")
+    if result.exported:
+        out.print(f"exported {result.exported} (use: fluxsr upscale IN -o OUT --model {result.exported})")
+
+
+@app.command("export")
+@handle_errors
+def export(
+    run_dir: Annotated[Path, typer.Argument(help="A distill run folder (output_dir).", show_default=False)],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Checkpoint folder to write.", show_default=False)],
+    checkpoint: Annotated[Path | None, typer.Option("--checkpoint", help="A step-* folder (default: the latest).")]
+    = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output folder.")] = False,
+) -> None:
+    """Write the fluxsr checkpoint format that `fluxsr upscale --model` loads."""
+    from fluxsr_cli.train import export_checkpoint
+
+    path = export_checkpoint(run_dir, output, checkpoint=checkpoint, overwrite=overwrite)
+    out.print(f"wrote {path}")
