@@ -11,11 +11,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from fluxsr_cli import colorfix, memory
+from fluxsr_cli import vae as vae_lib
 from fluxsr_cli.checkpoint import (
     BASE_FILES,
     DEFAULT_BASE,
@@ -32,10 +35,10 @@ from fluxsr_cli.checkpoint import (
 )
 from fluxsr_cli.errors import CheckpointError, ConfigError, ResourceError
 from fluxsr_cli.flows import one_step
-from fluxsr_cli import vae as vae_lib
-from fluxsr_cli.latents import pad_to_multiple
+from fluxsr_cli.latents import VAE_FACTOR, pad_to_multiple, padded_size
 from fluxsr_cli.progress import ProgressFn, no_progress
 from fluxsr_cli.student import Conditioning, velocity
+from fluxsr_cli.tiling import BLENDS, Box, default_overlap, tiled_apply
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 LARGE_MODEL_PARAMS = 1e9
@@ -76,6 +79,16 @@ class UpscaleOptions:
             raise ConfigError(f"--color-fix must be wavelet, adain or none, got {self.color_fix!r}")
         if self.offload not in ("none", "model", "sequential"):
             raise ConfigError(f"--offload must be none, model or sequential, got {self.offload!r}")
+        if self.tile != "auto" and not (str(self.tile).isdigit() and int(self.tile) >= 128 and int(self.tile) % 16 == 0):
+            raise ConfigError(f"--tile must be 'auto' or output pixels, a multiple of 16 and >= 128, got {self.tile!r}")
+        if self.overlap is not None and not 0 <= self.overlap <= (int(self.tile) // 2 if self.tile != "auto" else 1024):
+            raise ConfigError(f"--overlap must lie between 0 and half of --tile ({self.tile}), got {self.overlap}")
+        if self.blend not in BLENDS:
+            raise ConfigError(f"--blend must be one of {', '.join(BLENDS)}, got {self.blend!r}")
+        if self.tile_batch < 1:
+            raise ConfigError(f"--tile-batch must be at least 1, got {self.tile_batch}")
+        if self.tile_space not in ("latent", "pixel"):
+            raise ConfigError(f"--tile-space must be latent or pixel, got {self.tile_space!r}")
 
 
 def bicubic_upsample(lq: torch.Tensor, scale: int) -> torch.Tensor:
@@ -85,12 +98,37 @@ def bicubic_upsample(lq: torch.Tensor, scale: int) -> torch.Tensor:
     return F.interpolate(lq, scale_factor=scale, mode="bicubic", align_corners=False).clamp_(0.0, 1.0)
 
 
+def _source_index(n: int, length: int, mode: str, device: torch.device) -> torch.Tensor:
+    """Where each index of a side padded to ``n`` reads from the unpadded side (as :func:`pad_to_multiple`)."""
+    i = torch.arange(n, device=device)
+    if mode == "reflect":
+        return torch.where(i < length, i, 2 * (length - 1) - i)
+    return i.clamp(max=length - 1)
+
+
+def bicubic_crop(lq: torch.Tensor, scale: int, size: tuple[int, int], box: Box) -> torch.Tensor:
+    """``box`` of the bicubic upscale of ``lq`` [1, 3, h, w], reflect-padded to ``size`` (pixels).
+
+    Equals cropping ``pad_to_multiple(bicubic_upsample(lq, scale))`` (to float rounding) but only
+    upsamples the input rows and columns the box needs, so huge upscales are never held whole.
+    """
+    h, w = lq.shape[-2] * scale, lq.shape[-1] * scale
+    mode = "reflect" if size[0] - h < h and size[1] - w < w else "replicate"
+    rows = _source_index(size[0], h, mode, lq.device)[box.top:box.top + box.height]
+    cols = _source_index(size[1], w, mode, lq.device)[box.left:box.left + box.width]
+    margin = 3  # LR pixels: bicubic reads two either side
+    r0, r1 = max(0, int(rows.min()) // scale - margin), min(lq.shape[-2], int(rows.max()) // scale + margin + 1)
+    c0, c1 = max(0, int(cols.min()) // scale - margin), min(lq.shape[-1], int(cols.max()) // scale + margin + 1)
+    up = bicubic_upsample(lq[..., r0:r1, c0:c1].float(), scale)
+    return up[..., rows - r0 * scale, :][..., cols - c0 * scale]
+
+
 class Upscaler:
     """A loaded one-step model: transformer + VAE + fixed conditioning, on one device."""
 
     def __init__(self, transformer: torch.nn.Module, vae: torch.nn.Module, cond: Conditioning, t_l: float,
                  options: UpscaleOptions, device: torch.device, dtype: torch.dtype,
-                 info: CheckpointInfo | None = None) -> None:
+                 info: CheckpointInfo | None = None, notice: Callable[[str], None] = lambda message: None) -> None:
         self.transformer = transformer
         self.vae = vae
         self.cond = cond.to(device, dtype)
@@ -100,6 +138,7 @@ class Upscaler:
         self.dtype = dtype
         self.info = info
         self.progress: ProgressFn = no_progress
+        self.notice = notice  # says so when a CUDA out-of-memory retry shrinks the tile
 
     # -- the three stages; tiling replaces their insides for large images ------------------------
     @torch.no_grad()
@@ -121,13 +160,81 @@ class Upscaler:
     # -- whole images ------------------------------------------------------------------------------
     @torch.no_grad()
     def upscale_tensor(self, lq: torch.Tensor) -> torch.Tensor:
-        """LR image [1, 3, h, w] in [0, 1] -> [1, 3, h*scale, w*scale] in [0, 1] (fp32, CPU)."""
-        up = bicubic_upsample(lq.float(), self.options.scale)  # [1, 3, H, W]
+        """LR image [1, 3, h, w] in [0, 1] -> [1, 3, h*scale, w*scale] in [0, 1] (fp32, CPU).
+
+        On out-of-memory the tile is halved and the image redone (:func:`memory.retry_on_oom`).
+        """
+        lq = lq.float()
+        return memory.retry_on_oom(lambda tile, attempt: self._upscale(lq, tile, attempt), self.tile_pixels(),
+                                   self.notice)
+
+    def _upscale(self, lq: torch.Tensor, tile: int, attempt: int) -> torch.Tensor:
+        size = (padded_size(lq.shape[-2] * self.options.scale), padded_size(lq.shape[-1] * self.options.scale))
+        if max(size) > tile:
+            return self.upscale_tiled(lq, tile, vae_whole_ok=attempt == 0)
+        up = bicubic_upsample(lq, self.options.scale)  # [1, 3, H, W]
         x, (h, w) = pad_to_multiple(up)  # reflect-pad to multiples of 16 px
         z_l = self.encode(x)
         z_0 = self.restore_latent(z_l)
         out = self.decode(z_0)[..., :h, :w].cpu()
         return apply_color_fix(out, up, self.options.color_fix)
+
+    # -- images larger than one tile (METHOD.md section 7) ------------------------------------------
+    def tile_pixels(self) -> int:
+        """The tile in output pixels: ``--tile``, or for ``auto`` the largest that fits the free GPU memory."""
+        if self.options.tile != "auto":
+            return int(self.options.tile)
+        return memory.auto_tile(self.transformer, self.vae, self.device, self.dtype.itemsize, self.options.tile_batch,
+                                self.cond.prompt_embeds.shape[1])
+
+    @torch.no_grad()
+    def upscale_tiled(self, lq: torch.Tensor, tile: int, vae_whole_ok: bool = True) -> torch.Tensor:
+        """Tiled upscale of LR [1, 3, h, w] with ``tile`` px tiles, streamed so memory stays flat.
+
+        The bicubic upscale is made crop by crop from ``lq`` (never whole); the transformer runs on
+        latent tiles (or, with ``--tile-space pixel``, encode -> DiT -> decode per pixel tile); the VAE
+        runs whole when it fits, else tiled with global GroupNorm statistics; tiles are blended into
+        one float32 output buffer, which the colour fix then corrects in place, strip by strip.
+        """
+        o = self.options
+        h, w = lq.shape[-2] * o.scale, lq.shape[-1] * o.scale
+        size = (padded_size(h), padded_size(w))
+        overlap = min(padded_size(o.overlap if o.overlap is not None else default_overlap(tile)), tile // 2)
+        grid = (size[0] // VAE_FACTOR, size[1] // VAE_FACTOR)
+        geometry = dict(tile=tile // VAE_FACTOR, overlap=overlap // VAE_FACTOR, blend=o.blend, batch=o.tile_batch,
+                        multiple=2, progress=self.progress)  # whole tokens (2x2 latent cells) per tile
+        lq = lq.to(self.device)
+        read = partial(bicubic_crop, lq, o.scale, size)  # Box (px) -> crop of the padded bicubic upscale
+        if o.tile_space == "pixel":
+            small = F.interpolate(lq, size=vae_lib.stats_size(*size, tile), mode="bicubic", antialias=True).clamp(0, 1)
+            out = self._pixel_tiles(read, grid, small, geometry)
+        else:
+            whole = vae_whole_ok and memory.vae_fits(self.vae, *size, self.device, self.dtype.itemsize)
+            vae_tile = memory.vae_tile(self.vae, tile, self.device, self.dtype.itemsize)
+            vae_geometry = dict(tile=vae_tile, overlap=min(overlap, vae_tile // 2), blend=o.blend, progress=self.progress)
+            z_l = self.encode(read(Box(0, 0, *size))) if whole else vae_lib.encode_tiled(self.vae, read, size,
+                                                                                        **vae_geometry)
+            z_0 = tiled_apply(self.restore_latent, z_l, grid, stage="tiles", **geometry)
+            del z_l
+            out = self.decode(z_0).cpu() if whole else vae_lib.decode_tiled(self.vae, z_0, **vae_geometry)
+        reference = lambda r0, r1: bicubic_crop(lq, o.scale, (h, w), Box(r0, 0, r1 - r0, w))  # noqa: E731
+        return colorfix.color_fix_strips(out[..., :h, :w], reference, o.color_fix, device=self.device)
+
+    def _pixel_tiles(self, read: partial, grid: tuple[int, int], small: torch.Tensor, geometry: dict) -> torch.Tensor:
+        """``--tile-space pixel``: each tile encode -> DiT -> decode; GroupNorm statistics from ``small``,
+        a stand-in for the image that fits one tile (this mode saves memory, not time: no second pass)."""
+        enc_stats = vae_lib.record_group_norm(self.vae.encoder, lambda: self.encode(small))
+        dec_stats = vae_lib.record_group_norm(self.vae.decoder,
+                                              lambda: self.decode(self.restore_latent(self.encode(small))))
+
+        def one_tile(x: torch.Tensor) -> torch.Tensor:  # [n, 3, T, T] -> [n, 3, T, T] px
+            with vae_lib.fixed_group_norm(self.vae.encoder, enc_stats):
+                z_l = self.encode(x)
+            with vae_lib.fixed_group_norm(self.vae.decoder, dec_stats):
+                return self.decode(self.restore_latent(z_l)).cpu()
+
+        return tiled_apply(one_tile, read, grid, in_factor=VAE_FACTOR, out_factor=VAE_FACTOR, stage="tiles",
+                           **geometry)
 
     def upscale_array(self, rgb: np.ndarray) -> np.ndarray:
         """[h, w, 3] float32 in [0, 1] -> [h*scale, w*scale, 3] float32 in [0, 1]."""
@@ -202,4 +309,4 @@ def load_upscaler(options: UpscaleOptions, progress: ProgressFn = no_progress,
     guidance = options.guidance if options.guidance is not None else ckpt.info.guidance
     cond = Conditioning(ckpt.prompt_embeds, ckpt.pooled_prompt_embeds, guidance)
     progress("load", steps, steps)
-    return Upscaler(transformer, vae, cond, t_l, options, device, dtype, info=ckpt.info)
+    return Upscaler(transformer, vae, cond, t_l, options, device, dtype, info=ckpt.info, notice=notice)

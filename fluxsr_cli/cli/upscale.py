@@ -48,6 +48,6 @@ def upscale(
     start = time.perf_counter()
     with rich_progress(transient=True) as progress:
         upscaler = load_upscaler(options, progress, notice=lambda m: console.print(f"[yellow]note:[/] {m}"))
-        upscaler.progress = progress
+        upscaler.progress = progress  # tiles and VAE passes report here
         result = upscale_file(src, output, upscaler.upscale_array, scale=scale, options=write)
     out.print(f"wrote {output} ({result.out_size[0]}x{result.out_size[1]}) in {time.perf_counter() - start:.1f} s")

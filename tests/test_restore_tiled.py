@@ -1,0 +1,149 @@
+"""Tiled restore on the tiny random FLUX stack: sizes, equivalences, VAE statistics, memory options."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from fluxsr_cli import memory
+from fluxsr_cli import vae as vae_lib
+from fluxsr_cli.errors import ConfigError, ResourceError
+from fluxsr_cli.latents import pad_to_multiple
+from fluxsr_cli.restore import UpscaleOptions, apply_color_fix, bicubic_crop, bicubic_upsample, load_upscaler
+from fluxsr_cli.tiling import Box, tiled_apply
+
+
+def _opts(model, **kw) -> UpscaleOptions:
+    return UpscaleOptions(**{"model": str(model), "device": "cpu", **kw})
+
+
+@pytest.fixture(scope="module")
+def lq(photo) -> np.ndarray:
+    """A 40x52 crop of the astronaut -> 160x208 output, more than one 128 px tile."""
+    return (photo[120:160, 170:222].astype(np.float32) / 255.0).copy()
+
+
+@pytest.mark.parametrize("kw", [{"tile": "100"}, {"tile": "64"}, {"tile": "big"}, {"overlap": 600},
+                                {"overlap": -1}, {"blend": "box"}, {"tile_batch": 0}, {"tile_space": "rgb"}])
+def test_bad_tiling_options(kw):
+    with pytest.raises(ConfigError):
+        UpscaleOptions(**kw)
+
+
+def test_one_tile_gives_the_bytes_of_the_plain_restore(tiny_ckpt, small_photo):
+    up = load_upscaler(_opts(tiny_ckpt, tile="1024"))
+    lq = torch.from_numpy(small_photo).permute(2, 0, 1)[None]
+    with torch.no_grad():
+        ref = bicubic_upsample(lq, 4)
+        x, (h, w) = pad_to_multiple(ref)
+        plain = up.decode(up.restore_latent(up.encode(x)))[..., :h, :w]
+        plain = apply_color_fix(plain, ref, "wavelet")
+    assert up.upscale_tensor(lq).numpy().tobytes() == plain.numpy().tobytes()
+
+
+@pytest.mark.parametrize("space", ["latent", "pixel"])
+def test_tiled_restore_runs_with_the_right_size(tiny_ckpt, lq, space):
+    whole = load_upscaler(_opts(tiny_ckpt)).upscale_array(lq)
+    tiled = load_upscaler(_opts(tiny_ckpt, tile="128", overlap=64, tile_space=space)).upscale_array(lq)
+    assert tiled.shape == whole.shape == (160, 208, 3) and tiled.dtype == np.float32
+    assert 0.0 <= tiled.min() and tiled.max() <= 1.0
+    assert np.abs(tiled - whole).mean() < 0.06  # the same picture (a random model, so not identical)
+
+
+def test_tile_batch_does_not_change_the_result(tiny_ckpt, lq):
+    one = load_upscaler(_opts(tiny_ckpt, tile="128", color_fix="none")).upscale_array(lq)
+    three = load_upscaler(_opts(tiny_ckpt, tile="128", tile_batch=3, color_fix="none")).upscale_array(lq)
+    np.testing.assert_allclose(three, one, atol=1e-4)
+
+
+def test_tiled_vae_is_used_when_the_vae_does_not_fit(tiny_ckpt, lq, monkeypatch):
+    calls = []
+    for name in ("encode_tiled", "decode_tiled"):
+        real = getattr(vae_lib, name)
+        monkeypatch.setattr(vae_lib, name, lambda *a, _real=real, _n=name, **k: calls.append(_n) or _real(*a, **k))
+    monkeypatch.setattr(memory, "CPU_VAE_BUDGET", 1)
+    out = load_upscaler(_opts(tiny_ckpt, tile="128")).upscale_array(lq)
+    assert out.shape == (160, 208, 3) and calls == ["encode_tiled", "decode_tiled"]
+
+
+def test_bicubic_crop_equals_a_crop_of_the_padded_upscale():
+    g = torch.Generator().manual_seed(0)
+    for h, w in [(23, 37), (3, 40)]:  # reflect, and replicate (too thin to reflect)
+        lq = torch.rand(1, 3, h, w, generator=g)
+        full, _ = pad_to_multiple(bicubic_upsample(lq, 4))
+        size = tuple(full.shape[-2:])
+        for box in [Box(0, 0, *size), Box(5, 17, 40, 33), Box(size[0] - 8, size[1] - 24, 8, 24)]:
+            crop = bicubic_crop(lq, 4, size, box)
+            torch.testing.assert_close(crop, full[(..., *box.slices)], atol=1e-5, rtol=0)
+
+
+def test_fixed_group_norm_with_own_statistics_is_the_plain_forward(tiny_ckpt):
+    up = load_upscaler(_opts(tiny_ckpt))
+    z = torch.randn(1, 16, 12, 10, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        plain = vae_lib.decode(up.vae, z)
+        stats = vae_lib.record_group_norm(up.vae.decoder, lambda: vae_lib.decode(up.vae, z))
+        with vae_lib.fixed_group_norm(up.vae.decoder, stats):
+            fixed = vae_lib.decode(up.vae, z)
+    torch.testing.assert_close(fixed, plain, atol=1e-5, rtol=0)
+    assert "forward" not in up.vae.decoder.conv_norm_out.__dict__  # restored afterwards
+
+
+def test_global_group_norm_keeps_tiled_encode_closer_than_per_tile(tiny_ckpt, photo):
+    up = load_upscaler(_opts(tiny_ckpt))
+    x = torch.from_numpy(photo[:256, :256].astype(np.float32) / 255).permute(2, 0, 1)[None]
+    with torch.no_grad():
+        whole = vae_lib.encode(up.vae, x)
+        pooled = vae_lib.encode_tiled(up.vae, x, (256, 256), tile=128, overlap=64)
+        per_tile = tiled_apply(lambda t: vae_lib.encode(up.vae, t), x, (32, 32), tile=16, overlap=8, in_factor=8)
+    assert (pooled - whole).abs().mean() < (per_tile - whole).abs().mean()
+
+
+def test_oom_halves_the_tile_and_says_so():
+    notices, tiles = [], []
+
+    def run(tile, attempt):
+        tiles.append((tile, attempt))
+        if tile > 256:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB")
+        return "done"
+
+    assert memory.retry_on_oom(run, 1024, notices.append) == "done"
+    assert tiles == [(1024, 0), (512, 1), (256, 2)] and len(notices) == 2 and "--tile 512" in notices[0]
+
+    def never(tile, attempt):
+        raise torch.OutOfMemoryError("CUDA out of memory")
+
+    with pytest.raises(ResourceError, match="--offload"):
+        memory.retry_on_oom(never, 512, notices.append)
+
+
+def test_auto_tile(tiny_ckpt, monkeypatch):
+    up = load_upscaler(_opts(tiny_ckpt, tile="auto"))
+    assert up.tile_pixels() == 1024  # CPU: the default
+    from fluxsr_cli.architectures import FLUX_DEV_TRANSFORMER, FLUX_VAE
+
+    big_t = type("M", (), {"config": type("C", (), {"num_attention_heads": 24, "attention_head_dim": 128})})()
+    big_v = type("M", (), {"config": type("C", (), {"block_out_channels": FLUX_VAE["block_out_channels"]})})()
+    assert FLUX_DEV_TRANSFORMER["num_attention_heads"] == 24
+    picks = []
+    for gib in (80, 20, 6, 1):
+        monkeypatch.setattr(memory, "free_bytes", lambda device, _g=gib: _g * 2**30)
+        picks.append(memory.auto_tile(big_t, big_v, torch.device("cuda"), 2))
+    assert picks == sorted(picks, reverse=True) and picks[0] == 2048 and picks[-1] < 1024
+
+
+@pytest.mark.parametrize("offload", ["model", "sequential"])
+def test_offload_gives_the_same_picture(tiny_ckpt, small_photo, offload):
+    plain = load_upscaler(_opts(tiny_ckpt, color_fix="none")).upscale_array(small_photo)
+    hooked = load_upscaler(_opts(tiny_ckpt, color_fix="none", offload=offload)).upscale_array(small_photo)
+    np.testing.assert_allclose(hooked, plain, atol=1e-5)
+
+
+def test_compile_wraps_the_transformer(tiny_ckpt, monkeypatch):
+    from fluxsr_cli.architectures import TINY_TRANSFORMER, TINY_VAE, build_transformer, build_vae
+
+    t, v = build_transformer(TINY_TRANSFORMER), build_vae(TINY_VAE)
+    memory.place_models(t, v, torch.device("cpu"), UpscaleOptions(compile=True))
+    assert t._compiled_call_impl is not None and v._compiled_call_impl is None
