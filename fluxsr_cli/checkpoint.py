@@ -311,7 +311,7 @@ def _from_pretrained(cls: Any, root: Path, subfolder: str, dtype: torch.dtype) -
             check_safetensors(w)
     try:
         return cls.from_pretrained(str(root), subfolder=subfolder, torch_dtype=dtype)
-    except (OSError, ValueError, RuntimeError, EnvironmentError) as e:
+    except (OSError, ValueError, RuntimeError) as e:
         raise CheckpointError(f"{folder}: cannot load ({str(e).splitlines()[0]}); "
                               "the files are incomplete or corrupt: download them again") from None
 

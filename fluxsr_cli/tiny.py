@@ -14,7 +14,14 @@ from pathlib import Path
 
 import torch
 
-from fluxsr_cli.architectures import TINY_TEXT_LENGTH, TINY_TRANSFORMER, TINY_VAE, build_transformer, build_vae, random_embeddings
+from fluxsr_cli.architectures import (
+    TINY_TEXT_LENGTH,
+    TINY_TRANSFORMER,
+    TINY_VAE,
+    build_transformer,
+    build_vae,
+    random_embeddings,
+)
 from fluxsr_cli.checkpoint import CheckpointInfo, save_checkpoint
 
 
