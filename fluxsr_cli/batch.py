@@ -205,7 +205,8 @@ def upscale_file(src: str | Path, dst: str | Path, fn: UpscaleFn, *, scale: int 
         raise FluxSRError(f"{src}: the upscaler produced NaN/inf values; try --dtype fp32")
     alpha = resize_alpha(image.alpha, (out_w, out_h)) if image.alpha is not None else None
     notes = list(image.notes)
-    notes += write_image(dst, np.clip(out, 0.0, 1.0), like=image, alpha=alpha, quality=options.quality,
+    out = np.clip(out, 0.0, 1.0, out=out if out.flags.writeable and out.dtype == np.float32 else None)
+    notes += write_image(dst, out, like=image, alpha=alpha, quality=options.quality,
                          strip_metadata=options.strip_metadata, overwrite=options.overwrite,
                          keep_mode=options.keep_mode)
     return FileResult(src=str(src), dst=str(dst), status="done", seconds=time.perf_counter() - start,

@@ -13,6 +13,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 HUB_BASE = "fluxsr-test/tiny-flux"
 HUB_MODEL = "fluxsr-test/tiny-fluxsr"
+HUB_COMMUNITY = "fluxsr-test/tiny-community-port"
 
 
 @pytest.fixture(scope="session")
@@ -40,14 +41,16 @@ def tiny_community(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def hub_cache(tiny_base, tmp_path_factory) -> Path:
-    """A Hugging Face cache folder holding the tiny base and a checkpoint whose base is a repo id."""
+def hub_cache(tiny_base, tiny_community, tmp_path_factory) -> Path:
+    """A Hugging Face cache folder holding the tiny base, a fluxsr checkpoint whose base is a repo id,
+    and the community port's layout."""
     from fluxsr_cli.tiny import add_to_hub_cache, save_tiny_checkpoint
 
     cache = tmp_path_factory.mktemp("hf") / "hub"
     add_to_hub_cache(cache, HUB_BASE, tiny_base)
     ckpt = save_tiny_checkpoint(tmp_path_factory.mktemp("tiny") / "hubckpt", HUB_BASE)
     add_to_hub_cache(cache, HUB_MODEL, ckpt)
+    add_to_hub_cache(cache, HUB_COMMUNITY, tiny_community)
     return cache
 
 

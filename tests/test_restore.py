@@ -10,7 +10,7 @@ from fluxsr_cli.architectures import FLUX_DEV_TRANSFORMER, TINY_TRANSFORMER
 from fluxsr_cli.errors import ConfigError, ResourceError
 from fluxsr_cli.restore import UpscaleOptions, load_upscaler, pick_device
 from fluxsr_cli.student import velocity
-from tests.conftest import HUB_MODEL
+from tests.conftest import HUB_BASE, HUB_COMMUNITY, HUB_MODEL
 
 
 def _opts(model, **kw) -> UpscaleOptions:
@@ -56,8 +56,10 @@ def test_community_format_end_to_end(tiny_community, tiny_base, small_photo):
     assert up.upscale_array(small_photo).shape == (192, 160, 3)
 
 
-def test_from_offline_hub_cache(offline_hub, small_photo):
-    up = load_upscaler(UpscaleOptions(model=HUB_MODEL, offline=True, device="cpu", color_fix="none"))
+@pytest.mark.parametrize("model,base", [(HUB_MODEL, None), (HUB_COMMUNITY, HUB_BASE)])
+def test_from_offline_hub_cache(offline_hub, small_photo, model, base):
+    up = load_upscaler(UpscaleOptions(model=model, base=base, offline=True, device="cpu", color_fix="none"))
+    assert up.info.source == ("community" if base else "fluxsr")
     assert up.upscale_array(small_photo).shape == (192, 160, 3)
 
 
