@@ -112,14 +112,32 @@ def axis_weights(starts: list[int], size: int, length: int, blend: str = "cosine
     return torch.stack([w[i, s:s + size] for i, s in enumerate(starts)])
 
 
+class TileWeights:
+    """Blend weights of the boxes of :func:`tile_boxes`, made one box at a time.
+
+    Only the two axis profiles are stored; a box's weight [th, tw] is their outer product, so the
+    memory for weights does not grow with the number of tiles.
+    """
+
+    def __init__(self, boxes: list[Box], height: int, width: int, blend: str = "cosine") -> None:
+        self.boxes = boxes
+        self.tops = sorted({b.top for b in boxes})
+        self.lefts = sorted({b.left for b in boxes})
+        self.wy = axis_weights(self.tops, boxes[0].height, height, blend)
+        self.wx = axis_weights(self.lefts, boxes[0].width, width, blend)
+
+    def __len__(self) -> int:
+        return len(self.boxes)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        b = self.boxes[i]
+        return (self.wy[self.tops.index(b.top), :, None] * self.wx[self.lefts.index(b.left), None, :]).float()
+
+
 def tile_weights(boxes: list[Box], height: int, width: int, blend: str = "cosine") -> list[torch.Tensor]:
     """Float32 weights [th, tw] for each box of :func:`tile_boxes` (same order); they sum to exactly 1."""
-    tops = sorted({b.top for b in boxes})
-    lefts = sorted({b.left for b in boxes})
-    th, tw = boxes[0].height, boxes[0].width
-    wy = axis_weights(tops, th, height, blend)
-    wx = axis_weights(lefts, tw, width, blend)
-    return [(wy[tops.index(b.top), :, None] * wx[lefts.index(b.left), None, :]).float() for b in boxes]
+    weights = TileWeights(boxes, height, width, blend)
+    return [weights[i] for i in range(len(weights))]
 
 
 def default_overlap(tile: int) -> int:
@@ -151,7 +169,7 @@ def tiled_apply(fn: Callable[[torch.Tensor], torch.Tensor], source: Source, grid
         result = fn(read(boxes[0].scaled(in_factor))).float()
         progress(stage, 1, 1)
         return result
-    weights = tile_weights([b.scaled(out_factor) for b in boxes], h * out_factor, w * out_factor, blend)
+    weights = TileWeights([b.scaled(out_factor) for b in boxes], h * out_factor, w * out_factor, blend)
     progress(stage, 0, len(boxes))
     for first in range(0, len(boxes), batch):
         group = boxes[first:first + batch]
