@@ -4,6 +4,13 @@
 noise), decodes x_0 = D(z_0), degrades it with the Real-ESRGAN pipeline, and encodes the bicubic
 upscale of the LR image: exactly the recipe of METHOD.md section 2, written with the shared code.
 
+The learning proof needs data with something to learn, which a random VAE and a random teacher
+cannot give (their x_0 is noise and z_L keeps nothing of z_0). So ``save_photo_base`` trains the
+tiny VAE briefly as an autoencoder on real photo crops (``skimage.data``) and saves it beside a
+random transformer, and ``make_photo_pairs`` stands in for the teacher: its "samples" are the
+latents of photo crops, z_0 = E(crop), with seeded noise eps; the rest is the pairs recipe
+(x_0 = D(z_0), x_L = x4 bicubic down, z_L = E(bicubic_up(x_L))).
+
 Until ``fluxsr_cli.dataset`` (the pairs helper's reader) exists, ``ensure_reader`` installs a
 STAND-IN reader with the contract's API (``PairDataset``, ``load_embeddings``, ``read_manifest``).
 """
@@ -27,9 +34,6 @@ def make_pairs(root: Path, base: Path, n: int, size: int = 64, seed: int = 0, st
     ``degradation``: "realesrgan" (the full second-order pipeline) or "bicubic" (plain x4 bicubic
     downscaling, quantised to 8 bits: LR images that still carry what the HR latent holds).
     """
-    from PIL import Image
-    from safetensors.torch import save_file
-
     from fluxsr_cli import vae as vae_lib
     from fluxsr_cli.architectures import TINY_TEXT_LENGTH, TINY_TRANSFORMER, random_embeddings
     from fluxsr_cli.checkpoint import load_transformer, load_vae
@@ -38,12 +42,8 @@ def make_pairs(root: Path, base: Path, n: int, size: int = 64, seed: int = 0, st
     from fluxsr_cli.restore import bicubic_upsample
     from fluxsr_cli.student import Conditioning, velocity
 
-    root = Path(root)
-    for sub in ("items", "hq", "lq"):
-        (root / sub).mkdir(parents=True, exist_ok=True)
     teacher, vae = load_transformer(base, torch.float32), load_vae(base, torch.float32)
     emb = random_embeddings(TINY_TRANSFORMER, TINY_TEXT_LENGTH, seed=seed + 99)
-    save_file(emb, str(root / "embeddings.safetensors"))
     cond = Conditioning(emb["prompt_embeds"], emb["pooled_prompt_embeds"], guidance)
     h = size // 8
     g = torch.Generator().manual_seed(seed)
@@ -59,11 +59,32 @@ def make_pairs(root: Path, base: Path, n: int, size: int = 64, seed: int = 0, st
         if degradation == "realesrgan":
             lq, params = degrade(hq, DegradeConfig(), torch.Generator().manual_seed(seed + 1))
         else:
-            lq = torch.nn.functional.interpolate(hq, scale_factor=0.25, mode="bicubic", antialias=True)
-            lq, params = (lq.clamp(0, 1) * 255).round() / 255, [{"kind": "bicubic"}] * n
+            lq, params = bicubic_degrade(hq), [{"kind": "bicubic"}] * n
         z_l = vae_lib.encode(vae, bicubic_upsample(lq, 4))
+    teacher_info = {"model": str(base), "revision": None, "steps": steps, "guidance": guidance, "dtype": "fp32"}
+    return write_pairs(root, emb, eps, z_0, z_l, hq, lq, params, teacher_info, seed)
+
+
+def bicubic_degrade(hq: torch.Tensor, scale: int = 4) -> torch.Tensor:
+    """x4 bicubic (antialiased) downscaling quantised to 8 bits: [B, 3, H, W] -> [B, 3, H/4, W/4]."""
+    lq = torch.nn.functional.interpolate(hq, scale_factor=1 / scale, mode="bicubic", antialias=True)
+    return (lq.clamp(0, 1) * 255).round() / 255
+
+
+def write_pairs(root: Path, embeddings: dict[str, torch.Tensor], eps: torch.Tensor, z_0: torch.Tensor,
+                z_l: torch.Tensor, hq: torch.Tensor, lq: torch.Tensor, params: list[dict], teacher: dict,
+                seed: int) -> Path:
+    """Write a finished data set (contract v1) from batched tensors; returns ``root``."""
+    from PIL import Image
+    from safetensors.torch import save_file
+
+    root = Path(root)
+    for sub in ("items", "hq", "lq"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in embeddings.items()}, str(root / "embeddings.safetensors"))
+    height, width = hq.shape[-2:]
     lines = []
-    for i in range(n):
+    for i in range(eps.shape[0]):
         name = f"{i:06d}"
         save_file({"eps": eps[i].contiguous(), "z_0": z_0[i].contiguous(), "z_l": z_l[i].contiguous()},
                   str(root / "items" / f"{name}.safetensors"))
@@ -72,14 +93,113 @@ def make_pairs(root: Path, base: Path, n: int, size: int = 64, seed: int = 0, st
             Image.fromarray(np.ascontiguousarray(array)).save(root / sub / f"{name}.png")
         lines.append(json.dumps({
             "index": i, "seed": seed, "prompt": "", "latents": f"items/{name}.safetensors",
-            "hq": f"hq/{name}.png", "lq": f"lq/{name}.png", "height": size, "width": size, "scale": 4,
-            "teacher": {"model": str(base), "revision": None, "steps": steps, "guidance": guidance,
-                        "dtype": "fp32"},
-            "degradation": params[i],
+            "hq": f"hq/{name}.png", "lq": f"lq/{name}.png", "height": int(height), "width": int(width),
+            "scale": int(height // lq.shape[-2]), "teacher": teacher, "degradation": params[i],
         }, default=str))
     (root / "manifest.jsonl").write_text("\n".join(lines) + "\n")
     (root / "pairs.toml").write_text("[pairs]\n")
     return root
+
+
+# -- an informative tiny stack: a VAE trained on photo crops, a teacher stand-in made of photo crops --------
+
+# A slightly larger tiny transformer for the learning proof: the 2 x 16 = 32-wide TINY_TRANSFORMER
+# squeezes each 64-wide latent token through 32 channels, which caps what a student can learn.
+LEARNING_TRANSFORMER: dict = {
+    "patch_size": 1, "in_channels": 64, "num_layers": 2, "num_single_layers": 2, "attention_head_dim": 32,
+    "num_attention_heads": 4, "joint_attention_dim": 32, "pooled_projection_dim": 16, "guidance_embeds": True,
+    "axes_dims_rope": [8, 12, 12],
+}
+
+
+def photo(name: str) -> torch.Tensor:
+    """An RGB photo of ``skimage.data`` as float32 [3, H, W] in [0, 1]."""
+    from skimage import data
+
+    array = getattr(data, name)()
+    if array.ndim == 2:
+        array = np.stack([array] * 3, axis=-1)
+    return torch.from_numpy(np.ascontiguousarray(array[..., :3])).permute(2, 0, 1).float() / 255.0
+
+
+def photo_crops(photos: list[torch.Tensor], n: int, size: int, generator: torch.Generator,
+                columns: tuple[float, float] = (0.0, 1.0)) -> torch.Tensor:
+    """``n`` random ``size`` px crops [n, 3, size, size] of ``photos``, inside the given band of columns.
+
+    ``columns`` (fractions of the width) keeps training and held-out crops apart: crops taken in
+    (0, 0.7) and in (0.7, 1) share no pixel.
+    """
+    crops = []
+    for _ in range(n):
+        image = photos[int(torch.randint(len(photos), (1,), generator=generator))]
+        h, w = image.shape[-2:]
+        x0, x1 = int(columns[0] * w), int(columns[1] * w)
+        y = int(torch.randint(h - size + 1, (1,), generator=generator))
+        x = x0 + int(torch.randint(x1 - x0 - size + 1, (1,), generator=generator))
+        crops.append(image[:, y:y + size, x:x + size])
+    return torch.stack(crops)
+
+
+def train_tiny_vae(photos: list[torch.Tensor], steps: int = 600, seed: int = 0, size: int = 32, batch: int = 16,
+                   lr: float = 3e-3, columns: tuple[float, float] = (0.0, 1.0)):
+    """The tiny AutoencoderKL (TINY_VAE) trained as a plain autoencoder (MSE of D(E(x)), posterior mean).
+
+    Its shift and scaling factors are then set, as FLUX's were, so that the normalised latents of
+    the photos have mean 0 and standard deviation 1.
+    """
+    from fluxsr_cli.architectures import TINY_VAE, build_vae
+
+    vae = build_vae(TINY_VAE, seed=seed).requires_grad_(True).train()
+    g = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.Adam(vae.parameters(), lr=lr)
+    for _ in range(steps):
+        x = photo_crops(photos, batch, size, g, columns) * 2 - 1
+        loss = torch.nn.functional.mse_loss(vae.decode(vae.encode(x).latent_dist.mean).sample, x)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    vae.eval().requires_grad_(False)
+    with torch.no_grad():
+        raw = vae.encode(photo_crops(photos, 32, 64, g, columns) * 2 - 1).latent_dist.mean
+    vae.register_to_config(shift_factor=float(raw.mean()), scaling_factor=float(1.0 / raw.std()))
+    return vae
+
+
+def save_photo_base(root: Path, photos: list[torch.Tensor], seed: int = 0, vae_steps: int = 600,
+                    transformer: dict | None = None, columns: tuple[float, float] = (0.0, 1.0)) -> Path:
+    """A tiny base folder (diffusers layout) with a photo-trained VAE and a random transformer."""
+    from fluxsr_cli.architectures import build_transformer
+
+    root = Path(root)
+    build_transformer(transformer or LEARNING_TRANSFORMER, seed=seed).save_pretrained(root / "transformer")
+    train_tiny_vae(photos, steps=vae_steps, seed=seed + 1, columns=columns).save_pretrained(root / "vae")
+    (root / "model_index.json").write_text(
+        '{"_class_name": "FluxPipeline", "_diffusers_version": "0.32.0", '
+        '"transformer": ["diffusers", "FluxTransformer2DModel"], "vae": ["diffusers", "AutoencoderKL"]}\n')
+    return root
+
+
+def make_photo_pairs(root: Path, base: Path, crops: torch.Tensor, seed: int = 0) -> Path:
+    """Pairs whose teacher "samples" are photo crops [n, 3, H, W]: z_0 = E(crop), eps seeded noise.
+
+    Then the pairs recipe: x_0 = D(z_0) (8-bit), x_L = x4 bicubic down (8-bit), z_L = E(bicubic_up(x_L)).
+    """
+    from fluxsr_cli import vae as vae_lib
+    from fluxsr_cli.architectures import random_embeddings
+    from fluxsr_cli.checkpoint import load_transformer, load_vae
+    from fluxsr_cli.restore import bicubic_upsample
+
+    vae, config = load_vae(base, torch.float32), load_transformer(base, torch.float32).config
+    with torch.no_grad():
+        z_0 = vae_lib.encode(vae, crops)
+        hq = (vae_lib.decode(vae, z_0) * 255).round() / 255  # what hq/*.png holds
+        lq = bicubic_degrade(hq)
+        z_l = vae_lib.encode(vae, bicubic_upsample(lq, 4))
+    eps = torch.randn(z_0.shape, generator=torch.Generator().manual_seed(seed))
+    emb = random_embeddings(dict(config), 8, seed=seed + 99)
+    teacher = {"model": "photo crops (teacher stand-in)", "revision": None, "steps": 0, "guidance": 0.0,
+               "dtype": "fp32"}
+    return write_pairs(root, emb, eps, z_0, z_l, hq, lq, [{"kind": "bicubic"}] * len(crops), teacher, seed)
 
 
 def ensure_reader() -> None:

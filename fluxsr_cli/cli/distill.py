@@ -16,7 +16,7 @@ app = typer.Typer(help="Flow Trajectory Distillation into the one-step model.", 
 @handle_errors
 def distill(
     ctx: typer.Context,
-    config: Annotated[Path | None, typer.Option("--config", "-c", help="TOML file with a [distill] section.")] = None,
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="TOML file with a \\[distill] section (e.g. configs/ftd.toml).")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="Override a setting: KEY=VALUE (repeatable).")] = None,
     resume: Annotated[str | None, typer.Option("--resume", help="'latest' or a checkpoint folder to continue from.")]
     = None,
