@@ -110,9 +110,22 @@ def to_float(a: np.ndarray) -> np.ndarray:
 
 
 def to_uint(a: np.ndarray, bits: int) -> np.ndarray:
-    """Float samples in [0, 1] rounded to uint8 or uint16."""
+    """Float samples in [0, 1] rounded to uint8 or uint16.
+
+    Works in bands of rows so that a 16000 x 12000 output needs no full-size float temporaries.
+    """
     top = 65535.0 if bits == 16 else 255.0
-    return np.clip(np.rint(np.asarray(a, np.float32) * top), 0, top).astype(np.uint16 if bits == 16 else np.uint8)
+    a = np.asarray(a, np.float32)
+    out = np.empty(a.shape, np.uint16 if bits == 16 else np.uint8)
+    if a.ndim == 0:
+        return np.asarray(np.clip(np.rint(a * top), 0, top), out.dtype)
+    rows = max(1, (1 << 22) // max(1, a[0].size))  # about 4 M samples per band
+    for i in range(0, a.shape[0], rows):
+        band = a[i:i + rows] * top
+        np.rint(band, out=band)
+        np.clip(band, 0, top, out=band)
+        out[i:i + rows] = band
+    return out
 
 
 def luminance(rgb: np.ndarray) -> np.ndarray:
