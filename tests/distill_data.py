@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import math
 import sys
 import types
 from pathlib import Path
@@ -144,6 +145,9 @@ def train_tiny_vae(photos: list[torch.Tensor], steps: int = 600, seed: int = 0, 
                    lr: float = 3e-3, columns: tuple[float, float] = (0.0, 1.0)):
     """The tiny AutoencoderKL (TINY_VAE) trained as a plain autoencoder (MSE of D(E(x)), posterior mean).
 
+    Adam with a cosine decay of the learning rate to zero, so that the result depends little on
+    where the noisy end of the trajectory happens to stop.
+
     Its shift and scaling factors are then set, as FLUX's were, so that the normalised latents of
     the photos have mean 0 and standard deviation 1.
     """
@@ -152,12 +156,14 @@ def train_tiny_vae(photos: list[torch.Tensor], steps: int = 600, seed: int = 0, 
     vae = build_vae(TINY_VAE, seed=seed).requires_grad_(True).train()
     g = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.Adam(vae.parameters(), lr=lr)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: 0.5 * (1 + math.cos(math.pi * i / steps)))
     for _ in range(steps):
         x = photo_crops(photos, batch, size, g, columns) * 2 - 1
         loss = torch.nn.functional.mse_loss(vae.decode(vae.encode(x).latent_dist.mean).sample, x)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        schedule.step()
     vae.eval().requires_grad_(False)
     with torch.no_grad():
         raw = vae.encode(photo_crops(photos, 32, 64, g, columns) * 2 - 1).latent_dist.mean
@@ -166,12 +172,21 @@ def train_tiny_vae(photos: list[torch.Tensor], steps: int = 600, seed: int = 0, 
 
 
 def save_photo_base(root: Path, photos: list[torch.Tensor], seed: int = 0, vae_steps: int = 600,
-                    transformer: dict | None = None, columns: tuple[float, float] = (0.0, 1.0)) -> Path:
-    """A tiny base folder (diffusers layout) with a photo-trained VAE and a random transformer."""
+                    transformer: dict | None = None, columns: tuple[float, float] = (0.0, 1.0),
+                    output_scale: float = 1.0) -> Path:
+    """A tiny base folder (diffusers layout) with a photo-trained VAE and a random transformer.
+
+    ``output_scale`` multiplies the transformer's last projection (``proj_out``): a random
+    transformer's velocity is junk of arbitrary size, and scaling it down keeps the untrained
+    student's junk from swamping the small latent residuals the student has to learn.
+    """
     from fluxsr_cli.architectures import build_transformer
 
     root = Path(root)
-    build_transformer(transformer or LEARNING_TRANSFORMER, seed=seed).save_pretrained(root / "transformer")
+    model = build_transformer(transformer or LEARNING_TRANSFORMER, seed=seed)
+    model.proj_out.weight.data.mul_(output_scale)
+    model.proj_out.bias.data.mul_(output_scale)
+    model.save_pretrained(root / "transformer")
     train_tiny_vae(photos, steps=vae_steps, seed=seed + 1, columns=columns).save_pretrained(root / "vae")
     (root / "model_index.json").write_text(
         '{"_class_name": "FluxPipeline", "_diffusers_version": "0.32.0", '
@@ -179,27 +194,46 @@ def save_photo_base(root: Path, photos: list[torch.Tensor], seed: int = 0, vae_s
     return root
 
 
-def make_photo_pairs(root: Path, base: Path, crops: torch.Tensor, seed: int = 0) -> Path:
-    """Pairs whose teacher "samples" are photo crops [n, 3, H, W]: z_0 = E(crop), eps seeded noise.
+def mild_degradation():
+    """The project's Real-ESRGAN pipeline with reduced ranges: one isotropic Gaussian blur (sigma 3-4 px),
+    x4 bicubic down, noise of at most 1 level of 255, JPEG quality 95-100; no random resizes, no sinc."""
+    from fluxsr_cli.degrade.config import DegradeConfig, StageConfig
 
-    Then the pairs recipe: x_0 = D(z_0) (8-bit), x_L = x4 bicubic down (8-bit), z_L = E(bicubic_up(x_L)).
+    quiet = {"sinc_prob": 0.0, "resize_probs": (0.0, 0.0, 1.0), "gaussian_noise_prob": 1.0,
+             "noise_sigma_range": (0.0, 1.0), "gray_noise_prob": 0.0, "jpeg_range": (95, 100)}
+    stage1 = StageConfig(blur_prob=1.0, kernel_kinds=("iso",), kernel_probs=(1.0,), kernel_sizes=(17, 19, 21),
+                         sigma_range=(3.0, 4.0), **quiet)
+    stage2 = StageConfig(blur_prob=0.0, **quiet)
+    return DegradeConfig(stage1=stage1, stage2=stage2, final_sinc_prob=0.0, final_resize_modes=("bicubic",))
+
+
+def make_photo_pairs(root: Path, base: Path, crops: torch.Tensor, seed: int = 0, degradation=None) -> Path:
+    """Pairs whose teacher "samples" are the latents of photo crops [n, 3, H, W]: z_0 = E(crop).
+
+    eps is seeded noise. Then the pairs recipe, as `fluxsr pairs` runs it: x_0 = D(z_0) (8-bit),
+    x_L = degrade(x_0) (``degradation``: a DegradeConfig for the project's pipeline, or None for x4
+    bicubic down, 8-bit), z_L = E(bicubic_up(x_L)).
     """
     from fluxsr_cli import vae as vae_lib
     from fluxsr_cli.architectures import random_embeddings
     from fluxsr_cli.checkpoint import load_transformer, load_vae
+    from fluxsr_cli.degrade.pipeline import degrade
     from fluxsr_cli.restore import bicubic_upsample
 
     vae, config = load_vae(base, torch.float32), load_transformer(base, torch.float32).config
     with torch.no_grad():
         z_0 = vae_lib.encode(vae, crops)
-        hq = (vae_lib.decode(vae, z_0) * 255).round() / 255  # what hq/*.png holds
-        lq = bicubic_degrade(hq)
+        hq = (vae_lib.decode(vae, z_0) * 255).round() / 255  # x_0, what hq/*.png holds
+        if degradation is None:
+            lq, params = bicubic_degrade(hq), [{"kind": "bicubic"}] * len(crops)
+        else:
+            lq, params = degrade(hq, degradation, torch.Generator().manual_seed(seed + 1))
         z_l = vae_lib.encode(vae, bicubic_upsample(lq, 4))
     eps = torch.randn(z_0.shape, generator=torch.Generator().manual_seed(seed))
     emb = random_embeddings(dict(config), 8, seed=seed + 99)
     teacher = {"model": "photo crops (teacher stand-in)", "revision": None, "steps": 0, "guidance": 0.0,
                "dtype": "fp32"}
-    return write_pairs(root, emb, eps, z_0, z_l, hq, lq, [{"kind": "bicubic"}] * len(crops), teacher, seed)
+    return write_pairs(root, emb, eps, z_0, z_l, hq, lq, params, teacher, seed)
 
 
 def ensure_reader() -> None:
