@@ -65,17 +65,22 @@ TINY_VAE: dict[str, Any] = {
 TINY_TEXT_LENGTH = 8  # T5 tokens in the tiny fixed conditioning
 
 
+def _build(cls: Any, config: dict[str, Any], dtype: torch.dtype, device: torch.device | str, seed: int):
+    """A diffusers model of class ``cls`` with seeded random weights, frozen, in eval mode."""
+    torch.manual_seed(seed)
+    with torch.device(device):
+        model = cls(**config)
+    if dtype != torch.float32:
+        model = model.to(dtype=dtype)
+    return model.eval().requires_grad_(False)
+
+
 def build_transformer(config: dict[str, Any], dtype: torch.dtype = torch.float32,
                       device: torch.device | str = "cpu", seed: int = 0):
     """A ``FluxTransformer2DModel`` with random weights from ``config``."""
     from diffusers import FluxTransformer2DModel
 
-    torch.manual_seed(seed)
-    with torch.device(device):
-        model = FluxTransformer2DModel(**config)
-    if dtype != torch.float32:
-        model = model.to(dtype=dtype)
-    return model.eval().requires_grad_(False)
+    return _build(FluxTransformer2DModel, config, dtype, device, seed)
 
 
 def build_vae(config: dict[str, Any], dtype: torch.dtype = torch.float32,
@@ -83,12 +88,7 @@ def build_vae(config: dict[str, Any], dtype: torch.dtype = torch.float32,
     """An ``AutoencoderKL`` with random weights from ``config``."""
     from diffusers import AutoencoderKL
 
-    torch.manual_seed(seed)
-    with torch.device(device):
-        model = AutoencoderKL(**config)
-    if dtype != torch.float32:
-        model = model.to(dtype=dtype)
-    return model.eval().requires_grad_(False)
+    return _build(AutoencoderKL, config, dtype, device, seed)
 
 
 def random_embeddings(config: dict[str, Any], length: int, seed: int = 0) -> dict[str, torch.Tensor]:

@@ -45,7 +45,6 @@ def random_lora(transformer: torch.nn.Module, rank: int = 4, seed: int = 0, std:
     transformer.add_adapter(LoraConfig(r=rank, lora_alpha=rank, target_modules=list(targets),
                                        init_lora_weights="gaussian"))
     g = torch.Generator().manual_seed(seed)
-    state = get_peft_model_state_dict(transformer)
     for name, param in transformer.named_parameters():
         if "lora_B" in name:
             param.data.copy_(torch.randn(param.shape, generator=g) * std)
