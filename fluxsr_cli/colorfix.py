@@ -16,41 +16,86 @@ Images are [B, 3, H, W] float tensors. :func:`color_fix` works on whole tensors;
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
 
 METHODS = ("wavelet", "adain", "none")
 WAVELET_LEVELS = 5
 WAVELET_REACH = sum(2**i for i in range(WAVELET_LEVELS))  # 31 px: how far the low band looks
 
 
-def _blur(x: torch.Tensor, dilation: int) -> torch.Tensor:
+class Scratch:
+    """Scratch tensors reused from call to call, so a strip-by-strip fix allocates (almost) nothing.
+
+    Freshly allocated temporaries of a few MB, freed strip after strip, fragment the C heap: the
+    process's resident memory then grows far beyond what is live. ``get`` hands out views of one
+    flat buffer per name, of at least ``min_numel`` elements (so buffers are not re-made as the
+    shapes asked for grow), larger only when a larger shape is asked for.
+    """
+
+    def __init__(self, min_numel: int = 0) -> None:
+        self.buffers: dict[str, torch.Tensor] = {}
+        self.min_numel = min_numel
+
+    def get(self, name: str, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+        n = math.prod(shape)
+        buf = self.buffers.get(name)
+        if buf is None or buf.numel() < n or buf.device != like.device or buf.dtype != like.dtype:
+            buf = self.buffers[name] = torch.empty(max(n, self.min_numel), device=like.device, dtype=like.dtype)
+        return buf[:n].view(shape)
+
+
+def _replicate_pad(x: torch.Tensor, d: int, dim: int, into: torch.Tensor) -> torch.Tensor:
+    """``x`` with ``d`` copies of its first/last slice along ``dim`` on each side, written into ``into``."""
+    n = x.shape[dim]
+    into.narrow(dim, d, n).copy_(x)
+    into.narrow(dim, 0, d).copy_(x.narrow(dim, 0, 1).expand_as(into.narrow(dim, 0, d)))
+    into.narrow(dim, d + n, d).copy_(x.narrow(dim, n - 1, 1).expand_as(into.narrow(dim, d + n, d)))
+    return into
+
+
+def _blur(x: torch.Tensor, dilation: int, out: torch.Tensor | None = None, scratch: Scratch | None = None) -> torch.Tensor:
     """3x3 binomial blur [1 2 1]/4 x [1 2 1]/4 with the given dilation, replicate padding: [B, C, H, W].
 
     Written as two separable passes of shifted adds (much faster on the CPU than a dilated conv).
+    ``out`` (may be ``x`` itself) receives the result; ``scratch`` holds the padded copies.
     """
-    d = dilation
-    p = F.pad(x, (0, 0, d, d), mode="replicate") if x.shape[2] > 0 else x
-    y = (p[:, :, :-2 * d] + p[:, :, 2 * d:]).mul_(0.25).add_(p[:, :, d:-d], alpha=0.5)
-    p = F.pad(y, (d, d, 0, 0), mode="replicate")
-    return (p[..., :-2 * d] + p[..., 2 * d:]).mul_(0.25).add_(p[..., d:-d], alpha=0.5)
+    d, (b, c, h, w) = dilation, x.shape
+    scratch = scratch or Scratch()
+    out = torch.empty_like(x) if out is None else out
+    p = _replicate_pad(x, d, 2, scratch.get("pad", (b, c, h + 2 * d, w), x))  # x is not read after this
+    y = torch.add(p[:, :, :h], p[:, :, 2 * d:], out=out)
+    y.mul_(0.25).add_(p[:, :, d:d + h], alpha=0.5)
+    q = _replicate_pad(y, d, 3, scratch.get("pad", (b, c, h, w + 2 * d), x))  # the same buffer: p is done
+    torch.add(q[..., :w], q[..., 2 * d:], out=out)
+    return out.mul_(0.25).add_(q[..., d:d + w], alpha=0.5)
 
 
 def wavelet_split(x: torch.Tensor, levels: int = WAVELET_LEVELS) -> tuple[torch.Tensor, torch.Tensor]:
     """(high, low) with ``x == high + low``: low is the image blurred at every level in turn."""
-    low = x
-    for i in range(levels):
-        low = _blur(low, 2**i)
+    low = low_band(x, levels)
     return x - low, low
 
 
+def low_band(x: torch.Tensor, levels: int = WAVELET_LEVELS, in_place: bool = False,
+             scratch: Scratch | None = None) -> torch.Tensor:
+    """The low band of :func:`wavelet_split` alone (computed in ``x`` itself if ``in_place``)."""
+    scratch = scratch or Scratch()
+    out = x if in_place else torch.empty_like(x)
+    for i in range(levels):
+        x = _blur(x, 2**i, out=out, scratch=scratch)
+    return out
+
+
 def wavelet_fix(out: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
-    """High band of ``out`` + low band of ``reference`` (same shapes)."""
-    high, _ = wavelet_split(out)
-    _, low = wavelet_split(reference)
-    return high + low
+    """High band of ``out`` + low band of ``reference`` (same shapes).
+
+    The blur is linear, so ``out - low(out) + low(reference) == out + low(reference - out)``: one
+    wavelet split instead of two (half the work), equal up to float rounding.
+    """
+    return out + low_band(reference - out, in_place=True)
 
 
 def channel_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -104,16 +149,24 @@ def color_fix_strips(out: torch.Tensor, reference: Callable[[int, int], torch.Te
         return _adain_strips(out, reference, strip, clamp)
     margin = WAVELET_REACH + 1
     strip = max(strip, margin)  # the carried rows must come from the previous strip only
-    above = None  # the unfixed rows [r0 - margin, r0) that the previous strip has overwritten
+    device = device or out.device
+    b, c, _, w = out.shape
+    pad = 2 ** (WAVELET_LEVELS - 1)  # the widest replicate padding of the blur
+    scratch = Scratch(min_numel=b * c * (min(height, strip + 2 * margin) + 2 * pad) * (w + 2 * pad))
+    like = torch.empty(0, device=device, dtype=out.dtype)
     for r0 in range(0, height, strip):
         r1 = min(height, r0 + strip)
         lo, hi = max(0, r0 - margin), min(height, r1 + margin)
-        below = out[:, :, r0:hi]
-        window = below if above is None else torch.cat([above, below], dim=2)  # rows [lo, hi), unfixed
-        device = device or out.device
-        fixed = wavelet_fix(window.to(device), reference(lo, hi).to(device, out.dtype))[:, :, r0 - lo:r1 - lo]
-        above = out[:, :, max(0, r1 - margin):r1].clone()
-        out[:, :, r0:r1] = (fixed.clamp_(0.0, 1.0) if clamp else fixed).to(out.device)
+        window = scratch.get("window", (b, c, hi - lo, w), like)  # rows [lo, hi) of out, not yet fixed
+        if r0 > lo:
+            window[:, :, :r0 - lo].copy_(scratch.get("above", (b, c, r0 - lo, w), like))
+        window[:, :, r0 - lo:].copy_(out[:, :, r0:hi])
+        low = torch.sub(reference(lo, hi).to(device, out.dtype), window, out=scratch.get("low", window.shape, like))
+        low_band(low, in_place=True, scratch=scratch)  # low band of (reference - out)
+        fixed = low[:, :, r0 - lo:r1 - lo].add_(window[:, :, r0 - lo:r1 - lo])
+        if r1 < height:  # the rows the next strip needs above it, before they are overwritten
+            scratch.get("above", (b, c, margin, w), like).copy_(window[:, :, r1 - margin - lo:r1 - lo])
+        out[:, :, r0:r1].copy_(fixed.clamp_(0.0, 1.0) if clamp else fixed)
     return out
 
 

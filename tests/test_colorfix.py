@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fluxsr_cli.colorfix import channel_stats, color_fix, color_fix_strips, wavelet_split
+from fluxsr_cli.colorfix import Scratch, _blur, channel_stats, color_fix, color_fix_strips, wavelet_split
 
 
 @pytest.fixture(scope="module")
@@ -25,6 +25,20 @@ def _laplacian(t: torch.Tensor) -> torch.Tensor:
     return F.conv2d(t, k, groups=3)
 
 
+@pytest.mark.parametrize("dilation", [1, 2, 4, 8, 16])
+@pytest.mark.parametrize("shape", [(1, 3, 40, 33), (2, 1, 5, 7)])  # and sides shorter than the dilation
+def test_blur_is_the_dilated_binomial_kernel_with_replicate_padding(dilation, shape):
+    x = torch.rand(*shape, generator=torch.Generator().manual_seed(dilation))
+    k1 = torch.tensor([0.25, 0.5, 0.25])
+    kernel = (k1[:, None] * k1[None, :]).expand(shape[1], 1, 3, 3)
+    d = dilation
+    expected = F.conv2d(F.pad(x, (d, d, d, d), mode="replicate"), kernel, dilation=d, groups=shape[1])
+    scratch = Scratch()
+    torch.testing.assert_close(_blur(x, d, scratch=scratch), expected, atol=1e-6, rtol=0)
+    y = x.clone()
+    torch.testing.assert_close(_blur(y, d, out=y, scratch=scratch), expected, atol=1e-6, rtol=0)  # in place
+
+
 def test_split_adds_up_and_constants_are_low(x):
     high, low = wavelet_split(x)
     torch.testing.assert_close(high + low, x, atol=1e-6, rtol=0)
@@ -35,6 +49,14 @@ def test_split_adds_up_and_constants_are_low(x):
 def test_wavelet_removes_a_colour_cast_exactly(x):
     fixed = color_fix(x + CAST, x, "wavelet")
     torch.testing.assert_close(fixed, x, atol=1e-5, rtol=0)
+
+
+def test_wavelet_fix_is_high_band_of_output_plus_low_band_of_reference(x):
+    """The one-split form out + low(ref - out) equals the definition, two splits, to float rounding."""
+    reference = F.avg_pool2d(F.pad(x, (3, 3, 3, 3), mode="replicate"), 7, stride=1) + CAST
+    high_out, _ = wavelet_split(x)
+    _, low_ref = wavelet_split(reference)
+    torch.testing.assert_close(color_fix(x, reference, "wavelet"), high_out + low_ref, atol=1e-6, rtol=0)
 
 
 def test_wavelet_keeps_the_outputs_detail_and_the_references_colour(x):
