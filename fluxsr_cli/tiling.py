@@ -151,14 +151,15 @@ Source = torch.Tensor | Callable[[Box], torch.Tensor]
 def tiled_apply(fn: Callable[[torch.Tensor], torch.Tensor], source: Source, grid: tuple[int, int], *,
                 tile: int, overlap: int, blend: str = "cosine", batch: int = 1, multiple: int = 1,
                 in_factor: int = 1, out_factor: int = 1, out: torch.Tensor | None = None,
-                progress: ProgressFn = no_progress, stage: str = "tiles") -> torch.Tensor:
+                device: torch.device | str = "cpu", progress: ProgressFn = no_progress,
+                stage: str = "tiles") -> torch.Tensor:
     """Apply ``fn`` tile by tile over a ``grid`` = (h, w) of cells and blend the results.
 
     ``source`` is a tensor [1, C, h * in_factor, w * in_factor] or a function that returns the crop
     of such a tensor for a box in its units (so huge inputs can be streamed). ``fn`` maps a batch of
     up to ``batch`` crops [n, C, th * in_factor, tw * in_factor] to [n, C', th * out_factor, tw *
     out_factor]. ``tile`` and ``overlap`` are in cells. Returns ``out`` (allocated as float32 zeros
-    [1, C', h * out_factor, w * out_factor] if not given; a given one must hold zeros). When one tile
+    [1, C', h * out_factor, w * out_factor] on ``device`` if not given; a given one must hold zeros). When one tile
     covers the grid, ``fn`` runs once on the whole input and its float32 result is returned unchanged.
     """
     h, w = grid
@@ -176,10 +177,13 @@ def tiled_apply(fn: Callable[[torch.Tensor], torch.Tensor], source: Source, grid
         crops = torch.cat([read(b.scaled(in_factor)) for b in group])
         results = fn(crops)  # [n, C', th * out_factor, tw * out_factor]
         if out is None:
-            out = torch.zeros(1, results.shape[1], h * out_factor, w * out_factor, dtype=torch.float32)
+            out = torch.zeros(1, results.shape[1], h * out_factor, w * out_factor, dtype=torch.float32, device=device)
         for k, box in enumerate(group):
-            weight = weights[first + k].to(results.device)
-            out[(0, slice(None), *box.scaled(out_factor).slices)] += (results[k].float() * weight).to(out.device)
+            target = out[(0, slice(None), *box.scaled(out_factor).slices)]
+            if results.device == out.device:
+                target.addcmul_(results[k].float(), weights[first + k].to(out.device))
+            else:
+                target += (results[k].float() * weights[first + k].to(results.device)).to(out.device)
         del crops, results
         progress(stage, first + len(group), len(boxes))
     return out

@@ -63,8 +63,10 @@ def record_group_norm(module: torch.nn.Module, run: Callable[[], object]) -> Gro
     def hook(name: str, gn: torch.nn.GroupNorm):
         def record(_module, inputs, _output) -> None:
             x = inputs[0].detach()
-            for image in x:  # per-image float32 statistics, pooled in float64 sums below
-                var, mean = torch.var_mean(image.reshape(gn.num_groups, -1).float(), dim=1, unbiased=False)
+            for image in x:  # per-image float32 statistics (two passes), pooled in float64 sums below
+                flat = image.reshape(gn.num_groups, -1).float()
+                mean = flat.mean(dim=1)  # as exact as var_mean and many times faster on the CPU
+                var = (flat - mean[:, None]).square_().mean(dim=1)
                 n = float(image.numel() // gn.num_groups)
                 mean, var = mean.double().cpu(), var.double().cpu()
                 acc = torch.stack([torch.full_like(mean, n), mean * n, (var + mean * mean) * n])
@@ -85,15 +87,28 @@ def record_group_norm(module: torch.nn.Module, run: Callable[[], object]) -> Gro
 
 
 def _fixed_forward(gn: torch.nn.GroupNorm, mean: torch.Tensor, var: torch.Tensor) -> Callable:
-    """A GroupNorm forward that normalises with the given per-group statistics instead of its input's."""
-    def forward(x: torch.Tensor) -> torch.Tensor:
+    """A GroupNorm forward that normalises with the given per-group statistics instead of its input's.
+
+    It is one per-channel affine map, ``x * scale + shift``; scale and shift are made once per
+    device and dtype.
+    """
+    made: dict[tuple[torch.device, torch.dtype, int], tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def affine(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         per = x.shape[1] // gn.num_groups
         scale = torch.rsqrt(var.to(x.device) + gn.eps).repeat_interleave(per)  # [C]
         shift = -mean.to(x.device).repeat_interleave(per) * scale
         if gn.affine:
             scale, shift = scale * gn.weight.float(), shift * gn.weight.float() + gn.bias.float()
         view = (1, -1) + (1,) * (x.ndim - 2)
-        return torch.addcmul(shift.view(view).to(x.dtype), x, scale.view(view).to(x.dtype))
+        return scale.view(view).to(x.dtype), shift.view(view).to(x.dtype)
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        key = (x.device, x.dtype, x.ndim)
+        if key not in made:
+            made[key] = affine(x)
+        scale, shift = made[key]
+        return torch.addcmul(shift, x, scale)
     return forward
 
 
