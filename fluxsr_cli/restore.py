@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import partial
 
 import numpy as np
 import torch
@@ -42,6 +41,7 @@ from fluxsr_cli.tiling import BLENDS, Box, default_overlap, tiled_apply
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 LARGE_MODEL_PARAMS = 1e9
+COLOR_STRIP_BYTES = 16 * 2**20  # float32 bytes of one colour-fix strip (each strip re-reads 64 margin rows)
 
 
 @dataclass(frozen=True)
@@ -64,6 +64,7 @@ class UpscaleOptions:
     blend: str = "cosine"
     tile_batch: int = 1
     tile_space: str = "latent"
+    vae_tile: str = "auto"  # "auto": whole when it fits, else tiled; or output pixels per VAE tile
     color_fix: str = "wavelet"
     offload: str = "none"
     compile: bool = False
@@ -87,6 +88,10 @@ class UpscaleOptions:
             raise ConfigError(f"--blend must be one of {', '.join(BLENDS)}, got {self.blend!r}")
         if self.tile_batch < 1:
             raise ConfigError(f"--tile-batch must be at least 1, got {self.tile_batch}")
+        if self.vae_tile != "auto" and not (str(self.vae_tile).isdigit() and int(self.vae_tile) >= 128
+                                            and int(self.vae_tile) % 16 == 0):
+            raise ConfigError(f"--vae-tile must be 'auto' or output pixels, a multiple of 16 and >= 128, "
+                              f"got {self.vae_tile!r}")
         if self.tile_space not in ("latent", "pixel"):
             raise ConfigError(f"--tile-space must be latent or pixel, got {self.tile_space!r}")
 
@@ -106,6 +111,14 @@ def _source_index(n: int, length: int, mode: str, device: torch.device) -> torch
     return i.clamp(max=length - 1)
 
 
+def _take(x: torch.Tensor, index: torch.Tensor, dim: int) -> torch.Tensor:
+    """``x.index_select(dim, index)``, as a plain slice when ``index`` is a run of consecutive indices."""
+    first = int(index[0])
+    if int(index[-1]) - first == index.numel() - 1 and bool((index.diff() == 1).all()):
+        return x.narrow(dim, first, index.numel())
+    return x.index_select(dim, index)
+
+
 def bicubic_crop(lq: torch.Tensor, scale: int, size: tuple[int, int], box: Box) -> torch.Tensor:
     """``box`` of the bicubic upscale of ``lq`` [1, 3, h, w], reflect-padded to ``size`` (pixels).
 
@@ -120,7 +133,32 @@ def bicubic_crop(lq: torch.Tensor, scale: int, size: tuple[int, int], box: Box) 
     r0, r1 = max(0, int(rows.min()) // scale - margin), min(lq.shape[-2], int(rows.max()) // scale + margin + 1)
     c0, c1 = max(0, int(cols.min()) // scale - margin), min(lq.shape[-1], int(cols.max()) // scale + margin + 1)
     up = bicubic_upsample(lq[..., r0:r1, c0:c1].float(), scale)
-    return up[..., rows - r0 * scale, :][..., cols - c0 * scale]
+    return _take(_take(up, rows - r0 * scale, -2), cols - c0 * scale, -1)
+
+
+class BicubicSource:
+    """Crops (boxes in px) of the padded bicubic upscale, made one band of rows at a time.
+
+    Tiles are read row by row, and every tile of a row has the same rows: the band of those rows is
+    upsampled once, across the whole width, and the tiles are sliced out of it (instead of upsampling
+    each tile's crop, which for overlapping tiles repeats most of the work). A band larger than
+    ``max_band_bytes`` is not kept: each box is then made on its own (:func:`bicubic_crop`).
+    """
+
+    def __init__(self, lq: torch.Tensor, scale: int, size: tuple[int, int], max_band_bytes: int = 64 * 2**20) -> None:
+        self.lq, self.scale, self.size, self.max_band_bytes = lq, scale, size, max_band_bytes
+        self.rows: tuple[int, int] | None = None
+        self.band: torch.Tensor | None = None
+
+    def __call__(self, box: Box) -> torch.Tensor:
+        if box.height * self.size[1] * self.lq.shape[1] * 4 > self.max_band_bytes:
+            return bicubic_crop(self.lq, self.scale, self.size, box)
+        if self.rows is None or not self.rows[0] <= box.top <= box.top + box.height <= self.rows[1]:
+            self.band = None  # free the old band before making the new one
+            self.band = bicubic_crop(self.lq, self.scale, self.size, Box(box.top, 0, box.height, self.size[1]))
+            self.rows = (box.top, box.top + box.height)
+        top = box.top - self.rows[0]
+        return self.band[..., top:top + box.height, box.left:box.left + box.width]
 
 
 class Upscaler:
@@ -164,20 +202,20 @@ class Upscaler:
 
         On out-of-memory the tile is halved and the image redone (:func:`memory.retry_on_oom`).
         """
-        lq = lq.float()
+        lq = lq.float().to(self.device)  # bicubic, colour fix and blending run where the model does
         return memory.retry_on_oom(lambda tile, attempt: self._upscale(lq, tile, attempt), self.tile_pixels(),
                                    self.notice)
 
     def _upscale(self, lq: torch.Tensor, tile: int, attempt: int) -> torch.Tensor:
         size = (padded_size(lq.shape[-2] * self.options.scale), padded_size(lq.shape[-1] * self.options.scale))
-        if max(size) > tile:
+        if max(size) > tile or (self.options.vae_tile != "auto" and max(size) > int(self.options.vae_tile)):
             return self.upscale_tiled(lq, tile, vae_whole_ok=attempt == 0)
         up = bicubic_upsample(lq, self.options.scale)  # [1, 3, H, W]
         x, (h, w) = pad_to_multiple(up)  # reflect-pad to multiples of 16 px
         z_l = self.encode(x)
         z_0 = self.restore_latent(z_l)
-        out = self.decode(z_0)[..., :h, :w].cpu()
-        return apply_color_fix(out, up, self.options.color_fix)
+        out = self.decode(z_0)[..., :h, :w]
+        return apply_color_fix(out, up, self.options.color_fix).cpu()
 
     # -- images larger than one tile (METHOD.md section 7) ------------------------------------------
     def tile_pixels(self) -> int:
@@ -193,7 +231,8 @@ class Upscaler:
 
         The bicubic upscale is made crop by crop from ``lq`` (never whole); the transformer runs on
         latent tiles (or, with ``--tile-space pixel``, encode -> DiT -> decode per pixel tile); the VAE
-        runs whole when it fits, else tiled with global GroupNorm statistics; tiles are blended into
+        runs whole when it fits (or when the image fits ``--vae-tile``), else tiled with global
+        GroupNorm statistics; tiles are blended into
         one float32 output buffer, which the colour fix then corrects in place, strip by strip.
         """
         o = self.options
@@ -204,23 +243,33 @@ class Upscaler:
         geometry = dict(tile=tile // VAE_FACTOR, overlap=overlap // VAE_FACTOR, blend=o.blend, batch=o.tile_batch,
                         multiple=2, progress=self.progress)  # whole tokens (2x2 latent cells) per tile
         lq = lq.to(self.device)
-        read = partial(bicubic_crop, lq, o.scale, size)  # Box (px) -> crop of the padded bicubic upscale
+        read = BicubicSource(lq, o.scale, size)  # Box (px) -> crop of the padded bicubic upscale
         if o.tile_space == "pixel":
             small = F.interpolate(lq, size=vae_lib.stats_size(*size, tile), mode="bicubic", antialias=True).clamp(0, 1)
             out = self._pixel_tiles(read, grid, small, geometry)
         else:
-            whole = vae_whole_ok and memory.vae_fits(self.vae, *size, self.device, self.dtype.itemsize)
-            vae_tile = memory.vae_tile(self.vae, tile, self.device, self.dtype.itemsize)
-            vae_geometry = dict(tile=vae_tile, overlap=min(overlap, vae_tile // 2), blend=o.blend, progress=self.progress)
+            if o.vae_tile == "auto":
+                whole = vae_whole_ok and memory.vae_fits(self.vae, *size, self.device, self.dtype.itemsize)
+                vae_tile = memory.vae_tile(self.vae, tile, self.device, self.dtype.itemsize)
+            else:  # as asked; after an out-of-memory retry no larger than the transformer's tile
+                vae_tile = int(o.vae_tile) if vae_whole_ok else min(int(o.vae_tile), tile)
+                whole = max(size) <= vae_tile
+            # a quarter of the VAE tile: with global GroupNorm statistics more overlap changes little
+            # (measured: the tile size, i.e. the reach of the mid-block attention, decides the error)
+            vae_overlap = min(overlap, vae_tile // 4 // 16 * 16)
+            vae_geometry = dict(tile=vae_tile, overlap=vae_overlap, blend=o.blend, progress=self.progress)
             z_l = self.encode(read(Box(0, 0, *size))) if whole else vae_lib.encode_tiled(self.vae, read, size,
                                                                                         **vae_geometry)
-            z_0 = tiled_apply(self.restore_latent, z_l, grid, stage="tiles", **geometry)
+            z_0 = tiled_apply(self.restore_latent, z_l, grid, stage="tiles", device=self.device, **geometry)
             del z_l
-            out = self.decode(z_0).cpu() if whole else vae_lib.decode_tiled(self.vae, z_0, **vae_geometry)
+            # whole: the output stays on the device for the colour fix (one copy to the CPU at the end)
+            out = self.decode(z_0) if whole else vae_lib.decode_tiled(self.vae, z_0, **vae_geometry)
         reference = lambda r0, r1: bicubic_crop(lq, o.scale, (h, w), Box(r0, 0, r1 - r0, w))  # noqa: E731
-        return colorfix.color_fix_strips(out[..., :h, :w], reference, o.color_fix, device=self.device)
+        strip = max(128, min(1024, COLOR_STRIP_BYTES // (w * out.shape[1] * 4)))  # rows per colour-fix strip
+        return colorfix.color_fix_strips(out[..., :h, :w], reference, o.color_fix, strip=strip,
+                                         device=self.device).cpu()
 
-    def _pixel_tiles(self, read: partial, grid: tuple[int, int], small: torch.Tensor, geometry: dict) -> torch.Tensor:
+    def _pixel_tiles(self, read: Callable[[Box], torch.Tensor], grid: tuple[int, int], small: torch.Tensor, geometry: dict) -> torch.Tensor:
         """``--tile-space pixel``: each tile encode -> DiT -> decode; GroupNorm statistics from ``small``,
         a stand-in for the image that fits one tile (this mode saves memory, not time: no second pass)."""
         enc_stats = vae_lib.record_group_norm(self.vae.encoder, lambda: self.encode(small))

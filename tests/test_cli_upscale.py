@@ -57,6 +57,14 @@ def test_same_seed_same_bytes(tiny_ckpt, cat_jpg, tmp_path):
     assert (tmp_path / "a.png").read_bytes() == (tmp_path / "b.png").read_bytes()
 
 
+def test_tiled_upscale_through_the_cli(tiny_ckpt, cat_jpg, tmp_path):
+    """Transformer tiles of 256 px and VAE tiles of 128 px on a 300x200 output: the tiled path end to end."""
+    out = tmp_path / "tiled.png"
+    code, output = _run("upscale", cat_jpg, "-o", out, "--model", tiny_ckpt, "--tile", "256", "--vae-tile", "128")
+    assert code == 0, output
+    assert Image.open(out).size == (300, 200)
+
+
 def test_existing_output_is_kept_without_overwrite(tiny_ckpt, cat_jpg, tmp_path):
     out = tmp_path / "out.png"
     out.write_bytes(b"precious")
@@ -73,6 +81,7 @@ def test_existing_output_is_kept_without_overwrite(tiny_ckpt, cat_jpg, tmp_path)
     ("bad_model", "no such folder", 3),
     ("corrupt_ckpt", "corrupt", 3),
     ("bad_scale", "--scale must be 1-8", 2),
+    ("bad_vae_tile", "--vae-tile must be", 2),
 ])
 def test_errors_are_one_line(case, expect, code, tiny_ckpt, cat_jpg, tmp_path):
     import shutil
@@ -92,6 +101,8 @@ def test_errors_are_one_line(case, expect, code, tiny_ckpt, cat_jpg, tmp_path):
         (model / "lora.safetensors").write_bytes(data[:100])
     elif case == "bad_scale":
         extra = ["--scale", "9"]
+    elif case == "bad_vae_tile":
+        extra = ["--vae-tile", "100"]
     got, output = _run("upscale", src, "-o", tmp_path / "o.png", "--model", model, *extra)
     assert got == code, output
     lines = [line for line in output.splitlines() if line.strip()]

@@ -10,7 +10,14 @@ from fluxsr_cli import memory
 from fluxsr_cli import vae as vae_lib
 from fluxsr_cli.errors import ConfigError, ResourceError
 from fluxsr_cli.latents import pad_to_multiple
-from fluxsr_cli.restore import UpscaleOptions, apply_color_fix, bicubic_crop, bicubic_upsample, load_upscaler
+from fluxsr_cli.restore import (
+    BicubicSource,
+    UpscaleOptions,
+    apply_color_fix,
+    bicubic_crop,
+    bicubic_upsample,
+    load_upscaler,
+)
 from fluxsr_cli.tiling import Box, tiled_apply
 
 
@@ -25,7 +32,8 @@ def lq(photo) -> np.ndarray:
 
 
 @pytest.mark.parametrize("kw", [{"tile": "100"}, {"tile": "64"}, {"tile": "big"}, {"overlap": 600},
-                                {"overlap": -1}, {"blend": "box"}, {"tile_batch": 0}, {"tile_space": "rgb"}])
+                                {"overlap": -1}, {"blend": "box"}, {"tile_batch": 0}, {"tile_space": "rgb"},
+                                {"vae_tile": "100"}, {"vae_tile": "96"}, {"vae_tile": "small"}])
 def test_bad_tiling_options(kw):
     with pytest.raises(ConfigError):
         UpscaleOptions(**kw)
@@ -58,13 +66,35 @@ def test_tile_batch_does_not_change_the_result(tiny_ckpt, lq):
 
 
 def test_tiled_vae_is_used_when_the_vae_does_not_fit(tiny_ckpt, lq, monkeypatch):
-    calls = []
-    for name in ("encode_tiled", "decode_tiled"):
-        real = getattr(vae_lib, name)
-        monkeypatch.setattr(vae_lib, name, lambda *a, _real=real, _n=name, **k: calls.append(_n) or _real(*a, **k))
+    calls = _record_tiled_vae(monkeypatch)
     monkeypatch.setattr(memory, "CPU_VAE_BUDGET", 1)
     out = load_upscaler(_opts(tiny_ckpt, tile="128")).upscale_array(lq)
     assert out.shape == (160, 208, 3) and calls == ["encode_tiled", "decode_tiled"]
+
+
+def _record_tiled_vae(monkeypatch) -> list[str]:
+    calls: list[str] = []
+    for name in ("encode_tiled", "decode_tiled"):
+        real = getattr(vae_lib, name)
+        monkeypatch.setattr(vae_lib, name, lambda *a, _real=real, _n=name, **k: calls.append(_n) or _real(*a, **k))
+    return calls
+
+
+def test_vae_tile_tiles_the_vae_of_an_image_that_fits_one_transformer_tile(tiny_ckpt, lq, monkeypatch):
+    calls = _record_tiled_vae(monkeypatch)
+    whole = load_upscaler(_opts(tiny_ckpt)).upscale_array(lq)
+    assert calls == []
+    tiled = load_upscaler(_opts(tiny_ckpt, vae_tile="128")).upscale_array(lq)  # 160x208 output > 128 px
+    assert calls == ["encode_tiled", "decode_tiled"]
+    assert tiled.shape == whole.shape and np.isfinite(tiled).all()
+    assert 0.0 < np.abs(tiled - whole).mean() < 0.1  # tiled differently, still the same picture
+
+
+def test_a_vae_tile_larger_than_the_image_keeps_the_bytes(tiny_ckpt, lq, monkeypatch):
+    calls = _record_tiled_vae(monkeypatch)
+    whole = load_upscaler(_opts(tiny_ckpt)).upscale_array(lq)
+    same = load_upscaler(_opts(tiny_ckpt, vae_tile="256")).upscale_array(lq)
+    assert calls == [] and same.tobytes() == whole.tobytes()
 
 
 def test_bicubic_crop_equals_a_crop_of_the_padded_upscale():
@@ -76,6 +106,35 @@ def test_bicubic_crop_equals_a_crop_of_the_padded_upscale():
         for box in [Box(0, 0, *size), Box(5, 17, 40, 33), Box(size[0] - 8, size[1] - 24, 8, 24)]:
             crop = bicubic_crop(lq, 4, size, box)
             torch.testing.assert_close(crop, full[(..., *box.slices)], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("max_band_bytes", [64 * 2**20, 1])  # bands kept, and every box on its own
+def test_bicubic_source_serves_the_same_crops_as_bicubic_crop(max_band_bytes):
+    """Row-major tiles (bands reused), then boxes out of order and across bands, incl. the padded edge."""
+    lq = torch.rand(1, 3, 29, 41, generator=torch.Generator().manual_seed(3))
+    full, _ = pad_to_multiple(bicubic_upsample(lq, 4))
+    size = tuple(full.shape[-2:])  # 128 x 176: 12 + 12 padded rows/columns reflected
+    source = BicubicSource(lq, 4, size, max_band_bytes=max_band_bytes)
+    boxes = [Box(top, left, 64, 64) for top in (0, 32, 64) for left in (0, 40, 80, 112)]
+    boxes += [Box(70, 3, 20, 50), Box(0, 0, *size), Box(100, 150, 28, 26), Box(66, 0, 2, 176)]
+    for box in boxes:
+        torch.testing.assert_close(source(box), full[(..., *box.slices)], atol=1e-5, rtol=0)
+        assert source(box).shape[-2:] == (box.height, box.width)
+
+
+def test_group_norm_statistics_pooled_over_tiles_equal_the_whole_images():
+    """Four non-overlapping tiles through a GroupNorm: pooled mean/var == those of the whole input."""
+    gn = torch.nn.GroupNorm(4, 8)
+    x = torch.randn(1, 8, 40, 60, generator=torch.Generator().manual_seed(5)) * 0.2 + 3.0  # mean >> std
+    whole = vae_lib.record_group_norm(gn, lambda: gn(x))
+    pooled = vae_lib.record_group_norm(gn, lambda: [gn(x[..., r:r + 20, c:c + 30]) for r in (0, 20) for c in (0, 30)])
+    grouped = x.reshape(4, -1).double()
+    for stats in (whole, pooled):
+        torch.testing.assert_close(stats[""][0].double(), grouped.mean(1), atol=1e-6, rtol=0)
+        torch.testing.assert_close(stats[""][1].double(), grouped.var(1, unbiased=False), atol=1e-6, rtol=1e-5)
+    with vae_lib.fixed_group_norm(gn, pooled):  # and the fixed forward is the plain one
+        torch.testing.assert_close(gn(x), torch.nn.functional.group_norm(x, 4, gn.weight, gn.bias, gn.eps),
+                                   atol=1e-4, rtol=0)
 
 
 def test_fixed_group_norm_with_own_statistics_is_the_plain_forward(tiny_ckpt):

@@ -45,7 +45,7 @@ def batch(
     device: mo.Device = None, dtype: mo.Dtype = None, t_l: mo.TL = None, guidance: mo.Guidance = None,
     scale: mo.Scale = 4, seed: mo.Seed = 0, tile: mo.Tile = "1024", overlap: mo.Overlap = None,
     blend: mo.Blend = "cosine", tile_batch: mo.TileBatch = 1, tile_space: mo.TileSpace = "latent",
-    color_fix: mo.ColorFix = "wavelet", offload: mo.Offload = "none", compile: mo.Compile = False,
+    vae_tile: mo.VaeTile = "auto", color_fix: mo.ColorFix = "wavelet", offload: mo.Offload = "none", compile: mo.Compile = False,
 ) -> None:
     """Upscale every image in a folder; rerun the same command to resume.
 
@@ -68,7 +68,7 @@ def batch(
     options = mo.upscale_options(
         model=model, revision=revision, base=base, offline=offline, device=device or procs.device, dtype=dtype,
         t_l=t_l, guidance=guidance, scale=scale, seed=seed, tile=tile, overlap=overlap, blend=blend,
-        tile_batch=tile_batch, tile_space=tile_space, color_fix=color_fix, offload=offload, compile=compile)
+        tile_batch=tile_batch, tile_space=tile_space, vae_tile=vae_tile, color_fix=color_fix, offload=offload, compile=compile)
     jobs = plan_batch(config)  # bad folders fail before minutes of model loading
     pending = sum(j.status == "pending" for j in jobs)
     if dry_run:

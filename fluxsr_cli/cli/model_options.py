@@ -36,6 +36,8 @@ Blend = Annotated[str, typer.Option("--blend", rich_help_panel=TILES, help="Tile
 TileBatch = Annotated[int, typer.Option("--tile-batch", rich_help_panel=TILES, help="Tiles per transformer call.")]
 TileSpace = Annotated[str, typer.Option("--tile-space", rich_help_panel=TILES,
                                         help="latent (default) or pixel (encode/decode each tile; smallest GPUs).")]
+VaeTile = Annotated[str, typer.Option("--vae-tile", rich_help_panel=TILES,
+                                      help="VAE tile in output pixels, or 'auto' (whole image when it fits).")]
 ColorFix = Annotated[str, typer.Option("--color-fix", rich_help_panel=TILES,
                                        help="wavelet, adain or none; applied once to the whole image.")]
 Offload = Annotated[str, typer.Option("--offload", rich_help_panel=TILES, help="none, model or sequential CPU offload.")]
@@ -46,12 +48,12 @@ def upscale_options(*, model: str = DEFAULT_MODEL, revision: str | None = None, 
                     offline: bool = False, device: str | None = None, dtype: str | None = None,
                     t_l: float | None = None, guidance: float | None = None, scale: int = 4, seed: int = 0,
                     tile: str = "1024", overlap: int | None = None, blend: str = "cosine", tile_batch: int = 1,
-                    tile_space: str = "latent", color_fix: str = "wavelet", offload: str = "none",
-                    compile: bool = False):
+                    tile_space: str = "latent", vae_tile: str = "auto", color_fix: str = "wavelet",
+                    offload: str = "none", compile: bool = False):
     """Build :class:`fluxsr_cli.restore.UpscaleOptions` from the CLI values (validated there)."""
     from fluxsr_cli.restore import UpscaleOptions
 
     return UpscaleOptions(model=model, revision=revision, base=base, offline=offline, device=device, dtype=dtype,
                           t_l=t_l, guidance=guidance, scale=scale, seed=seed, tile=tile, overlap=overlap,
-                          blend=blend, tile_batch=tile_batch, tile_space=tile_space, color_fix=color_fix,
-                          offload=offload, compile=compile)
+                          blend=blend, tile_batch=tile_batch, tile_space=tile_space, vae_tile=vae_tile,
+                          color_fix=color_fix, offload=offload, compile=compile)

@@ -26,7 +26,7 @@ def upscale(
     device: mo.Device = None, dtype: mo.Dtype = None, t_l: mo.TL = None, guidance: mo.Guidance = None,
     scale: mo.Scale = 4, seed: mo.Seed = 0, tile: mo.Tile = "1024", overlap: mo.Overlap = None,
     blend: mo.Blend = "cosine", tile_batch: mo.TileBatch = 1, tile_space: mo.TileSpace = "latent",
-    color_fix: mo.ColorFix = "wavelet", offload: mo.Offload = "none", compile: mo.Compile = False,
+    vae_tile: mo.VaeTile = "auto", color_fix: mo.ColorFix = "wavelet", offload: mo.Offload = "none", compile: mo.Compile = False,
 ) -> None:
     """Upscale one image x4 (by default) with the one-step FluxSR model.
 
@@ -41,7 +41,7 @@ def upscale(
     options = mo.upscale_options(
         model=model, revision=revision, base=base, offline=offline, device=device, dtype=dtype, t_l=t_l,
         guidance=guidance, scale=scale, seed=seed, tile=tile, overlap=overlap, blend=blend, tile_batch=tile_batch,
-        tile_space=tile_space, color_fix=color_fix, offload=offload, compile=compile)
+        tile_space=tile_space, vae_tile=vae_tile, color_fix=color_fix, offload=offload, compile=compile)
     write = WriteOptions(overwrite=overwrite, quality=quality, strip_metadata=strip_metadata,
                          max_pixels=int(max_pixels * 1e6))
     check_job(src, output, scale, write)  # bad input fails before minutes of model loading
