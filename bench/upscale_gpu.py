@@ -3,9 +3,10 @@
 Builds the FLUX.1-dev transformer (11.9B) and VAE from their configs (``fluxsr_cli.architectures``)
 with random bf16 weights directly on the GPU (no download), random fixed embeddings [1, 512, 4096] /
 [1, 768], then times 1024 px and 4096 px outputs (x4) through ``Upscaler`` eager and compiled, with
-``--tile-batch`` 1 and 4: wall seconds (warm, best of N), transformer seconds, tiles, peak GPU memory
+``--tile-batch`` 1 and 4 and with the VAE whole or tiled: wall seconds (warm, best of N) split into
+VAE encode, transformer, VAE decode, colour fix and the rest, tiles, peak GPU memory
 and achieved TFLOP/s by METHOD.md section 10 (linear 1368 d^2 S + attention 57 * 4 S^2 d per call,
-S = image + 512 text tokens; VAE FLOPs not counted, so "DiT TFLOP/s over wall" is a lower bound).
+S = image + 512 text tokens), and the time of the VAE's mid-block attention alone per SDPA backend.
 Prints a markdown table and writes it to $OUT/upscale_gpu.md when $OUT is set. Designed to finish in
 under 8 minutes on an H100; ``--tiny`` runs the same code with the tiny stack on the CPU in seconds.
 
@@ -16,6 +17,7 @@ under 8 minutes on an H100; ``--tiny`` runs the same code with the tiny stack on
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import time
 from dataclasses import replace
@@ -28,6 +30,27 @@ def dit_flops(tokens_img: int, tokens_txt: int, d: int, n_double: int, n_single:
     return depth * (1368 * d * d * s + 57 * 4 * s * s * d)
 
 
+def vae_attention_seconds(torch, device, dtype, size: int) -> dict[str, str]:
+    """Seconds of one SDPA call shaped like the VAE mid-block attention of a ``size`` px image, per backend."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    tokens = (size // 8) ** 2
+    q, k, v = (torch.randn(1, 1, tokens, 512, device=device, dtype=dtype) for _ in range(3))
+    found = {}
+    for backend in (SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.CUDNN_ATTENTION):
+        try:
+            with sdpa_kernel(backend):
+                torch.nn.functional.scaled_dot_product_attention(q, k, v)
+                torch.cuda.synchronize()
+                t0 = time.perf_counter()
+                torch.nn.functional.scaled_dot_product_attention(q, k, v)
+                torch.cuda.synchronize()
+            found[backend.name.lower()] = f"{time.perf_counter() - t0:.3f}"
+        except RuntimeError as error:
+            found[backend.name.lower()] = f"n/a ({str(error).splitlines()[0][:60]})"
+    return found
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tiny", action="store_true", help="tiny random stack on the CPU (crash test)")
@@ -38,6 +61,7 @@ def main() -> None:
 
     import torch
 
+    from fluxsr_cli import colorfix, restore
     from fluxsr_cli.architectures import (
         FLUX_DEV_TRANSFORMER,
         FLUX_VAE,
@@ -78,76 +102,104 @@ def main() -> None:
     name = "CPU (tiny)" if args.tiny else torch.cuda.get_device_name(device)
     print(f"built models in {built:.1f} s on {name}", flush=True)
 
-    dit_seconds = [0.0]
+    stage_seconds: dict[str, float] = {}
 
-    def timed(fn):  # wraps Upscaler.restore_latent: the transformer pass, synchronised
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    def timed(stage: str, fn):  # synchronised wall seconds spent in ``fn``, summed per stage
         def wrapper(*a, **k):
-            if device.type == "cuda":
-                torch.cuda.synchronize()
+            sync()
             t0 = time.perf_counter()
             result = fn(*a, **k)
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            dit_seconds[0] += time.perf_counter() - t0
+            sync()
+            stage_seconds[stage] = stage_seconds.get(stage, 0.0) + time.perf_counter() - t0
             return result
         return wrapper
+
+    vae.encode, vae.decode = timed("encode", vae.encode), timed("decode", vae.decode)
+    restore.apply_color_fix = timed("colour", restore.apply_color_fix)
+    colorfix.color_fix_strips = timed("colour", colorfix.color_fix_strips)
 
     d = tcfg["num_attention_heads"] * tcfg["attention_head_dim"]
     g = torch.Generator().manual_seed(0)
     rows = []
 
-    def run(label: str, options: UpscaleOptions, size: int) -> None:
+    def run(label: str, options: UpscaleOptions, size: int, context=contextlib.nullcontext) -> None:
         up = Upscaler(transformer, vae, cond, 0.25, options, device, dtype)
-        up.restore_latent = timed(up.restore_latent)
+        up.restore_latent = timed("dit", up.restore_latent)  # outside the compiled module: no graph break
         lq = torch.nn.functional.interpolate(torch.rand(1, 3, size // 32, size // 32, generator=g),
                                              size=(size // 4, size // 4), mode="bicubic").clamp(0, 1)
-        up.upscale_tensor(lq)  # warm-up (and compilation)
-        best, best_dit = float("inf"), 0.0
+        with context():
+            up.upscale_tensor(lq)  # warm-up (and compilation)
+        best, best_stages = float("inf"), {}
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         for _ in range(args.repeats):
-            dit_seconds[0] = 0.0
-            if device.type == "cuda":
-                torch.cuda.synchronize()
+            stage_seconds.clear()
+            sync()
             t0 = time.perf_counter()
-            out = up.upscale_tensor(lq)
-            if device.type == "cuda":
-                torch.cuda.synchronize()
+            with context():
+                out = up.upscale_tensor(lq)
+            sync()
             seconds = time.perf_counter() - t0
             if seconds < best:
-                best, best_dit = seconds, dit_seconds[0]
+                best, best_stages = seconds, dict(stage_seconds)
         assert out.shape[-1] == size
         peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
         t = int(options.tile)
         overlap = min(padded_size(default_overlap(t)), t // 2)
         n = len(tile_boxes(size // 8, size // 8, t // 8, overlap // 8, multiple=2))
         flops = n * dit_flops((min(t, size) // 16) ** 2, text_len, d, tcfg["num_layers"], tcfg["num_single_layers"])
-        rows.append((label, size, options.tile_batch, n, best, best_dit, flops / best_dit / 1e12, flops / best / 1e12,
+        dit = best_stages.get("dit", float("nan"))
+        rows.append((label, size, options.tile_batch, options.vae_tile, n, best, best_stages, flops / dit / 1e12,
                      peak))
-        print(f"{label} {size}px batch {options.tile_batch}: {best:.3f} s (DiT {best_dit:.3f} s), "
-              f"{flops / best_dit / 1e12:.0f} TFLOP/s, peak {peak:.1f} GiB, t+{time.perf_counter() - start_all:.0f} s",
-              flush=True)
+        print(f"{label} {size}px batch {options.tile_batch} vae-tile {options.vae_tile}: {best:.3f} s "
+              f"({', '.join(f'{k} {v:.3f}' for k, v in best_stages.items())}), {flops / dit / 1e12:.0f} TFLOP/s, "
+              f"peak {peak:.1f} GiB, t+{time.perf_counter() - start_all:.0f} s", flush=True)
 
     base = UpscaleOptions(device=str(device), tile=str(tile), color_fix="wavelet")
+    vae_tiled = replace(base, vae_tile=str(tile))  # the VAE in transformer-sized tiles, two passes
     place_models(transformer, vae, device, base)
+    big = max(sizes)
     for size in sizes:
         run("eager", base, size)
-    big = max(sizes)
-    run("eager", replace(base, tile_batch=4), big)
+    if device.type == "cuda":  # cuDNN attention first (Hopper), then the default order
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        order = [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION,
+                 SDPBackend.MATH]
+        for size in sizes:
+            try:  # an experiment: never let it cost the rest of the table
+                run("eager, cuDNN attention", base, size, lambda: sdpa_kernel(order, set_priority=True))
+            except Exception as error:  # noqa: BLE001
+                print(f"cuDNN attention at {size} px failed: {str(error).splitlines()[0][:200]}", flush=True)
     if not args.no_compile:
         place_models(transformer, vae, device, replace(base, compile=True))
         for size in sizes:
             run("compiled", base, size)
+        run("compiled", vae_tiled, big)
         if time.perf_counter() - start_all < 300:  # a new batch shape recompiles; only with time to spare
             run("compiled", replace(base, tile_batch=4), big)
+    try:
+        attention = vae_attention_seconds(torch, device, dtype, big) if device.type == "cuda" else {}
+    except Exception as error:  # noqa: BLE001 - e.g. out of memory: report, keep the table
+        attention = {"failed": str(error).splitlines()[0][:200]}
 
     lines = [f"Device: {name}; FLUX.1-dev architecture, random bf16 weights; tile {tile} px, overlap "
              f"{default_overlap(tile)} px, wavelet colour fix; warm, best of {args.repeats}.", "",
-             "| mode | output px | tile batch | tiles | seconds | DiT s | DiT TFLOP/s | DiT TFLOP / wall s | peak GiB |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    for label, size, batch, n, sec, dit, tf_dit, tf_wall, peak in rows:
-        lines.append(f"| {label} | {size} | {batch} | {n} | {sec:.3f} | {dit:.3f} | {tf_dit:.0f} | {tf_wall:.0f} | "
-                     f"{peak:.1f} |")
+             "| mode | output px | tile batch | VAE tile | tiles | seconds | encode s | DiT s | decode s | colour s "
+             "| other s | DiT TFLOP/s | peak GiB |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for label, size, batch, vae_tile, n, sec, st, tf_dit, peak in rows:
+        parts = [st.get(k, 0.0) for k in ("encode", "dit", "decode", "colour")]
+        lines.append(f"| {label} | {size} | {batch} | {vae_tile} | {n} | {sec:.3f} | "
+                     + " | ".join(f"{p:.3f}" for p in parts) + f" | {sec - sum(parts):.3f} | {tf_dit:.0f} | {peak:.1f} |")
+    if attention:
+        lines.append(f"\nVAE mid-block attention alone at {big} px (one head of 512 over {(big // 8) ** 2} tokens, "
+                     "forward, bf16), seconds per SDPA backend: "
+                     + ", ".join(f"{k} {v}" for k, v in attention.items()) + ".")
     lines.append(f"\nTotal script time {time.perf_counter() - start_all:.0f} s (model build {built:.0f} s).")
     table = "\n".join(lines)
     print(table)
