@@ -6,7 +6,9 @@ with random bf16 weights directly on the GPU (no download), random fixed embeddi
 ``--tile-batch`` 1 and 4 and with the VAE whole or tiled: wall seconds (warm, best of N) split into
 VAE encode, transformer, VAE decode, colour fix and the rest, tiles, peak GPU memory
 and achieved TFLOP/s by METHOD.md section 10 (linear 1368 d^2 S + attention 57 * 4 S^2 d per call,
-S = image + 512 text tokens), and the time of the VAE's mid-block attention alone per SDPA backend.
+S = image + 512 text tokens) and, where the VAE ran whole, its TFLOP/s (FLOPs counted by
+``torch.utils.flop_counter`` on the meta device), and the time of the VAE's mid-block attention
+alone per SDPA backend.
 Prints a markdown table and writes it to $OUT/upscale_gpu.md when $OUT is set. Designed to finish in
 under 8 minutes on an H100; ``--tiny`` runs the same code with the tiny stack on the CPU in seconds.
 
@@ -28,6 +30,22 @@ def dit_flops(tokens_img: int, tokens_txt: int, d: int, n_double: int, n_single:
     s = tokens_img + tokens_txt
     depth = (n_double + n_single) / 57
     return depth * (1368 * d * d * s + 57 * 4 * s * s * d)
+
+
+def vae_flops(vae_config: dict, size: int) -> float:
+    """FLOPs of encoding and decoding a ``size`` px square image whole (counted on the meta device)."""
+    import torch
+    from diffusers import AutoencoderKL
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.device("meta"):
+        vae = AutoencoderKL(**vae_config)
+    x = torch.empty(1, 3, size, size, device="meta")
+    z = torch.empty(1, vae_config["latent_channels"], size // 8, size // 8, device="meta")
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        vae.encode(x)
+        vae.decode(z)
+    return float(counter.get_total_flops())
 
 
 def vae_attention_seconds(torch, device, dtype, size: int) -> dict[str, str]:
@@ -61,7 +79,7 @@ def main() -> None:
 
     import torch
 
-    from fluxsr_cli import colorfix, restore
+    from fluxsr_cli import colorfix, memory, restore
     from fluxsr_cli.architectures import (
         FLUX_DEV_TRANSFORMER,
         FLUX_VAE,
@@ -125,6 +143,7 @@ def main() -> None:
     d = tcfg["num_attention_heads"] * tcfg["attention_head_dim"]
     g = torch.Generator().manual_seed(0)
     rows = []
+    vae_work: dict[int, float] = {}  # size -> VAE FLOPs (whole image)
 
     def run(label: str, options: UpscaleOptions, size: int, context=contextlib.nullcontext) -> None:
         up = Upscaler(transformer, vae, cond, 0.25, options, device, dtype)
@@ -153,8 +172,13 @@ def main() -> None:
         n = len(tile_boxes(size // 8, size // 8, t // 8, overlap // 8, multiple=2))
         flops = n * dit_flops((min(t, size) // 16) ** 2, text_len, d, tcfg["num_layers"], tcfg["num_single_layers"])
         dit = best_stages.get("dit", float("nan"))
+        vae_s = best_stages.get("encode", 0.0) + best_stages.get("decode", 0.0)
+        whole = options.vae_tile == "auto" and memory.vae_fits(vae, size, size, device, dtype.itemsize)
+        if whole and size not in vae_work:
+            vae_work[size] = vae_flops(vcfg, size)
+        vae_tf = f"{vae_work[size] / vae_s / 1e12:.0f}" if whole and vae_s > 0 else "-"
         rows.append((label, size, options.tile_batch, options.vae_tile, n, best, best_stages, flops / dit / 1e12,
-                     peak))
+                     vae_tf, peak))
         print(f"{label} {size}px batch {options.tile_batch} vae-tile {options.vae_tile}: {best:.3f} s "
               f"({', '.join(f'{k} {v:.3f}' for k, v in best_stages.items())}), {flops / dit / 1e12:.0f} TFLOP/s, "
               f"peak {peak:.1f} GiB, t+{time.perf_counter() - start_all:.0f} s", flush=True)
@@ -190,12 +214,13 @@ def main() -> None:
     lines = [f"Device: {name}; FLUX.1-dev architecture, random bf16 weights; tile {tile} px, overlap "
              f"{default_overlap(tile)} px, wavelet colour fix; warm, best of {args.repeats}.", "",
              "| mode | output px | tile batch | VAE tile | tiles | seconds | encode s | DiT s | decode s | colour s "
-             "| other s | DiT TFLOP/s | peak GiB |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for label, size, batch, vae_tile, n, sec, st, tf_dit, peak in rows:
+             "| other s | DiT TFLOP/s | VAE TFLOP/s | peak GiB |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for label, size, batch, vae_tile, n, sec, st, tf_dit, tf_vae, peak in rows:
         parts = [st.get(k, 0.0) for k in ("encode", "dit", "decode", "colour")]
         lines.append(f"| {label} | {size} | {batch} | {vae_tile} | {n} | {sec:.3f} | "
-                     + " | ".join(f"{p:.3f}" for p in parts) + f" | {sec - sum(parts):.3f} | {tf_dit:.0f} | {peak:.1f} |")
+                     + " | ".join(f"{p:.3f}" for p in parts)
+                     + f" | {sec - sum(parts):.3f} | {tf_dit:.0f} | {tf_vae} | {peak:.1f} |")
     if attention:
         lines.append(f"\nVAE mid-block attention alone at {big} px (one head of 512 over {(big // 8) ** 2} tokens, "
                      "forward, bf16), seconds per SDPA backend: "

@@ -243,7 +243,8 @@ class Upscaler:
         geometry = dict(tile=tile // VAE_FACTOR, overlap=overlap // VAE_FACTOR, blend=o.blend, batch=o.tile_batch,
                         multiple=2, progress=self.progress)  # whole tokens (2x2 latent cells) per tile
         lq = lq.to(self.device)
-        read = BicubicSource(lq, o.scale, size)  # Box (px) -> crop of the padded bicubic upscale
+        band_bytes = 64 * 2**20 if lq.device.type == "cpu" else 1 << 30  # GPU memory is not the limit here
+        read = BicubicSource(lq, o.scale, size, band_bytes)  # Box (px) -> crop of the padded bicubic upscale
         if o.tile_space == "pixel":
             small = F.interpolate(lq, size=vae_lib.stats_size(*size, tile), mode="bicubic", antialias=True).clamp(0, 1)
             out = self._pixel_tiles(read, grid, small, geometry)
