@@ -47,30 +47,38 @@ class Scratch:
         return buf[:n].view(shape)
 
 
-def _replicate_pad(x: torch.Tensor, d: int, dim: int, into: torch.Tensor) -> torch.Tensor:
-    """``x`` with ``d`` copies of its first/last slice along ``dim`` on each side, written into ``into``."""
+def _shift_sum(x: torch.Tensor, d: int, dim: int, y: torch.Tensor) -> torch.Tensor:
+    """``y[i] = x[i - d] + 2 x[i] + x[i + d]`` along ``dim``, indices clamped to the ends (replicate).
+
+    No padded copy: the rows whose neighbours both exist are two shifted slices; the at most ``2 d``
+    rows at the ends are gathered with clamped indices. ``y`` must not overlap ``x``.
+    """
     n = x.shape[dim]
-    into.narrow(dim, d, n).copy_(x)
-    into.narrow(dim, 0, d).copy_(x.narrow(dim, 0, 1).expand_as(into.narrow(dim, 0, d)))
-    into.narrow(dim, d + n, d).copy_(x.narrow(dim, n - 1, 1).expand_as(into.narrow(dim, d + n, d)))
-    return into
+    core = max(0, n - 2 * d)  # rows d .. n - d - 1
+    if core:
+        torch.add(x.narrow(dim, 0, core), x.narrow(dim, 2 * d, core), out=y.narrow(dim, d, core))
+    ends = [i for i in range(n) if not d <= i < d + core]
+    if ends:
+        i = torch.tensor(ends, device=x.device)
+        near = x.index_select(dim, (i - d).clamp(min=0)).add_(x.index_select(dim, (i + d).clamp(max=n - 1)))
+        y.index_copy_(dim, i, near)
+    return y.add_(x, alpha=2)
 
 
-def _blur(x: torch.Tensor, dilation: int, out: torch.Tensor | None = None, scratch: Scratch | None = None) -> torch.Tensor:
+def _blur(x: torch.Tensor, dilation: int, out: torch.Tensor | None = None, scratch: Scratch | None = None,
+          scaled: bool = True) -> torch.Tensor:
     """3x3 binomial blur [1 2 1]/4 x [1 2 1]/4 with the given dilation, replicate padding: [B, C, H, W].
 
-    Written as two separable passes of shifted adds (much faster on the CPU than a dilated conv).
-    ``out`` (may be ``x`` itself) receives the result; ``scratch`` holds the padded copies.
+    Two separable passes of shifted adds (much faster on the CPU than a dilated conv), each left
+    unnormalised ([1 2 1]); the factor 1/16 is a power of two, so applying it at the end (or, with
+    ``scaled=False``, leaving it to the caller) gives the same bits. ``out`` (may be ``x`` itself)
+    receives the result; ``scratch`` holds the intermediate.
     """
-    d, (b, c, h, w) = dilation, x.shape
     scratch = scratch or Scratch()
     out = torch.empty_like(x) if out is None else out
-    p = _replicate_pad(x, d, 2, scratch.get("pad", (b, c, h + 2 * d, w), x))  # x is not read after this
-    y = torch.add(p[:, :, :h], p[:, :, 2 * d:], out=out)
-    y.mul_(0.25).add_(p[:, :, d:d + h], alpha=0.5)
-    q = _replicate_pad(y, d, 3, scratch.get("pad", (b, c, h, w + 2 * d), x))  # the same buffer: p is done
-    torch.add(q[..., :w], q[..., 2 * d:], out=out)
-    return out.mul_(0.25).add_(q[..., d:d + w], alpha=0.5)
+    rows = _shift_sum(x, dilation, 2, scratch.get("rows", tuple(x.shape), x))  # x is not read after this
+    _shift_sum(rows, dilation, 3, out)
+    return out.mul_(1 / 16) if scaled else out
 
 
 def wavelet_split(x: torch.Tensor, levels: int = WAVELET_LEVELS) -> tuple[torch.Tensor, torch.Tensor]:
@@ -85,8 +93,8 @@ def low_band(x: torch.Tensor, levels: int = WAVELET_LEVELS, in_place: bool = Fal
     scratch = scratch or Scratch()
     out = x if in_place else torch.empty_like(x)
     for i in range(levels):
-        x = _blur(x, 2**i, out=out, scratch=scratch)
-    return out
+        x = _blur(x, 2**i, out=out, scratch=scratch, scaled=False)
+    return out.mul_(16.0**-levels)  # the blurs' factors, all at once (exact: a power of two)
 
 
 def wavelet_fix(out: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
@@ -151,8 +159,7 @@ def color_fix_strips(out: torch.Tensor, reference: Callable[[int, int], torch.Te
     strip = max(strip, margin)  # the carried rows must come from the previous strip only
     device = device or out.device
     b, c, _, w = out.shape
-    pad = 2 ** (WAVELET_LEVELS - 1)  # the widest replicate padding of the blur
-    scratch = Scratch(min_numel=b * c * (min(height, strip + 2 * margin) + 2 * pad) * (w + 2 * pad))
+    scratch = Scratch(min_numel=b * c * min(height, strip + 2 * margin) * w)
     like = torch.empty(0, device=device, dtype=out.dtype)
     for r0 in range(0, height, strip):
         r1 = min(height, r0 + strip)

@@ -36,7 +36,7 @@ def _dtype(vae: torch.nn.Module) -> torch.dtype:
 
 def encode(vae: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     """[B, 3, H, W] in [0, 1] (sides multiples of 16) -> normalised latent [B, 16, H/8, W/8], fp32."""
-    z = vae.encode((x * 2 - 1).to(execution_device(vae), _dtype(vae))).latent_dist.mean
+    z = vae.encode(x.mul(2).sub_(1).to(execution_device(vae), _dtype(vae))).latent_dist.mean
     return normalize(z.float(), vae.config.shift_factor, vae.config.scaling_factor)
 
 
@@ -44,7 +44,9 @@ def decode(vae: torch.nn.Module, z: torch.Tensor) -> torch.Tensor:
     """Normalised latent [B, 16, h, w] -> image [B, 3, 8h, 8w] in [0, 1], fp32 (differentiable)."""
     raw = denormalize(z, vae.config.shift_factor, vae.config.scaling_factor)
     x = vae.decode(raw.to(execution_device(vae), _dtype(vae))).sample
-    return ((x.float() + 1) / 2).clamp(0.0, 1.0)
+    if x.requires_grad:
+        return ((x.float() + 1) / 2).clamp(0.0, 1.0)
+    return x.float().mul_(0.5).add_(0.5).clamp_(0.0, 1.0)  # in place, no temporaries; the same bits
 
 
 # -- global GroupNorm statistics ---------------------------------------------------------------------
