@@ -92,9 +92,10 @@ def low_band(x: torch.Tensor, levels: int = WAVELET_LEVELS, in_place: bool = Fal
     """The low band of :func:`wavelet_split` alone (computed in ``x`` itself if ``in_place``)."""
     scratch = scratch or Scratch()
     out = x if in_place else torch.empty_like(x)
+    each = x.dtype == torch.float16  # 16**5 times the input would overflow float16: scale every level
     for i in range(levels):
-        x = _blur(x, 2**i, out=out, scratch=scratch, scaled=False)
-    return out.mul_(16.0**-levels)  # the blurs' factors, all at once (exact: a power of two)
+        x = _blur(x, 2**i, out=out, scratch=scratch, scaled=each)
+    return out if each else out.mul_(16.0**-levels)  # the blurs' factors at once (exact: a power of two)
 
 
 def wavelet_fix(out: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
@@ -185,11 +186,12 @@ def _adain_strips(out: torch.Tensor, reference: Callable[[int, int], torch.Tenso
     for r0 in range(0, height, strip):
         r1 = min(height, r0 + strip)
         for k, x in enumerate((out[:, :, r0:r1], reference(r0, r1))):
-            x = x.double().cpu()
-            sums[2 * k] += x.sum(dim=(0, 2, 3))
-            sums[2 * k + 1] += (x * x).sum(dim=(0, 2, 3))
+            x = x.double()  # summed where it lies; only the sums come to the CPU
+            sums[2 * k] += x.sum(dim=(0, 2, 3)).cpu()
+            sums[2 * k + 1] += (x * x).sum(dim=(0, 2, 3)).cpu()
     mean = sums[0::2] / count
     std = (sums[1::2] / count - mean**2).clamp_min(0.0).sqrt()
+    mean, std = mean.to(out.device), std.to(out.device)  # out may be on the GPU
     shape = (1, -1, 1, 1)
     for r0 in range(0, height, strip):
         r1 = min(height, r0 + strip)

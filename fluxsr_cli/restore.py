@@ -150,6 +150,10 @@ class BicubicSource:
         self.rows: tuple[int, int] | None = None
         self.band: torch.Tensor | None = None
 
+    def clear(self) -> None:
+        """Drop the kept band."""
+        self.rows, self.band = None, None
+
     def __call__(self, box: Box) -> torch.Tensor:
         if box.height * self.size[1] * self.lq.shape[1] * 4 > self.max_band_bytes:
             return bicubic_crop(self.lq, self.scale, self.size, box)
@@ -208,7 +212,8 @@ class Upscaler:
 
     def _upscale(self, lq: torch.Tensor, tile: int, attempt: int) -> torch.Tensor:
         size = (padded_size(lq.shape[-2] * self.options.scale), padded_size(lq.shape[-1] * self.options.scale))
-        if max(size) > tile or (self.options.vae_tile != "auto" and max(size) > int(self.options.vae_tile)):
+        vae_tiled = self.options.tile_space == "latent" and self.options.vae_tile != "auto"
+        if max(size) > tile or (vae_tiled and max(size) > int(self.options.vae_tile)):
             return self.upscale_tiled(lq, tile, vae_whole_ok=attempt == 0)
         up = bicubic_upsample(lq, self.options.scale)  # [1, 3, H, W]
         x, (h, w) = pad_to_multiple(up)  # reflect-pad to multiples of 16 px
@@ -261,6 +266,7 @@ class Upscaler:
             vae_geometry = dict(tile=vae_tile, overlap=vae_overlap, blend=o.blend, progress=self.progress)
             z_l = self.encode(read(Box(0, 0, *size))) if whole else vae_lib.encode_tiled(self.vae, read, size,
                                                                                         **vae_geometry)
+            read.clear()  # the last band (the whole image, when encoded whole) is not needed any more
             z_0 = tiled_apply(self.restore_latent, z_l, grid, stage="tiles", device=self.device, **geometry)
             del z_l
             # whole: the output stays on the device for the colour fix (one copy to the CPU at the end)

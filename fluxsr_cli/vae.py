@@ -65,10 +65,13 @@ def record_group_norm(module: torch.nn.Module, run: Callable[[], object]) -> Gro
     def hook(name: str, gn: torch.nn.GroupNorm):
         def record(_module, inputs, _output) -> None:
             x = inputs[0].detach()
-            for image in x:  # per-image float32 statistics (two passes), pooled in float64 sums below
+            for image in x:  # per-image float32 statistics, pooled in float64 sums below
                 flat = image.reshape(gn.num_groups, -1).float()
-                mean = flat.mean(dim=1)  # as exact as var_mean and many times faster on the CPU
-                var = (flat - mean[:, None]).square_().mean(dim=1)
+                if flat.device.type == "cpu":  # two passes: as exact as var_mean, many times faster there
+                    mean = flat.mean(dim=1)
+                    var = (flat - mean[:, None]).square_().mean(dim=1)
+                else:  # no second full-size copy on the GPU
+                    var, mean = torch.var_mean(flat, dim=1, unbiased=False)
                 n = float(image.numel() // gn.num_groups)
                 mean, var = mean.double().cpu(), var.double().cpu()
                 acc = torch.stack([torch.full_like(mean, n), mean * n, (var + mean * mean) * n])
@@ -91,8 +94,9 @@ def record_group_norm(module: torch.nn.Module, run: Callable[[], object]) -> Gro
 def _fixed_forward(gn: torch.nn.GroupNorm, mean: torch.Tensor, var: torch.Tensor) -> Callable:
     """A GroupNorm forward that normalises with the given per-group statistics instead of its input's.
 
-    It is one per-channel affine map, ``x * scale + shift``; scale and shift are made once per
-    device and dtype.
+    It is one per-channel affine map, ``x * scale + shift``; without autograd, scale and shift are
+    made once per device and dtype (so the GroupNorm's weights must not change inside one
+    :func:`fixed_group_norm` block; inference never changes them).
     """
     made: dict[tuple[torch.device, torch.dtype, int], tuple[torch.Tensor, torch.Tensor]] = {}
 
@@ -106,6 +110,9 @@ def _fixed_forward(gn: torch.nn.GroupNorm, mean: torch.Tensor, var: torch.Tensor
         return scale.view(view).to(x.dtype), shift.view(view).to(x.dtype)
 
     def forward(x: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled():  # under autograd nothing is kept: each call builds its own graph
+            scale, shift = affine(x)
+            return torch.addcmul(shift, x, scale)
         key = (x.device, x.dtype, x.ndim)
         if key not in made:
             made[key] = affine(x)

@@ -97,6 +97,14 @@ def test_strips_equal_whole(x, method, strip):
     torch.testing.assert_close(strips, whole, atol=1e-5, rtol=0)
 
 
+def test_float16_does_not_overflow(x):
+    """The blurs' 1/16 factors are deferred in float32; float16 (max 65504) must scale every level."""
+    reference = (x + 0.2).clamp(0, 1)
+    fixed = color_fix(x.half(), reference.half(), "wavelet")
+    assert fixed.dtype == torch.float16 and torch.isfinite(fixed).all()
+    torch.testing.assert_close(fixed.float(), color_fix(x, reference, "wavelet"), atol=2e-3, rtol=0)
+
+
 def test_bad_method_and_shapes(x):
     with pytest.raises(ValueError, match="colour fix"):
         color_fix(x, x, "histogram")

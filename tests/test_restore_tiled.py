@@ -90,6 +90,31 @@ def test_vae_tile_tiles_the_vae_of_an_image_that_fits_one_transformer_tile(tiny_
     assert 0.0 < np.abs(tiled - whole).mean() < 0.1  # tiled differently, still the same picture
 
 
+def test_vae_tile_is_not_used_with_pixel_tiles(tiny_ckpt, lq, monkeypatch):
+    calls = _record_tiled_vae(monkeypatch)
+    plain = load_upscaler(_opts(tiny_ckpt)).upscale_array(lq)
+    pixel = load_upscaler(_opts(tiny_ckpt, tile_space="pixel", vae_tile="128")).upscale_array(lq)
+    assert calls == [] and pixel.tobytes() == plain.tobytes()  # one transformer tile: the plain path
+
+
+def test_fixed_group_norm_under_autograd_builds_a_fresh_graph_each_call():
+    gn = torch.nn.GroupNorm(2, 4)
+    x = torch.randn(1, 4, 6, 6, generator=torch.Generator().manual_seed(2))
+    stats = vae_lib.record_group_norm(gn, lambda: gn(x))
+    with vae_lib.fixed_group_norm(gn, stats):
+        grads = []
+        for _ in range(2):  # a cached scale/shift would make the second backward fail
+            gn.zero_grad()
+            gn(x).square().sum().backward()
+            grads.append(gn.weight.grad.clone())
+        with torch.no_grad():
+            gn.weight.mul_(2)
+        changed = gn(x)  # weights changed under autograd: used at once
+    torch.testing.assert_close(grads[0], grads[1])
+    torch.testing.assert_close(changed, torch.nn.functional.group_norm(x, 2, gn.weight, gn.bias, gn.eps),
+                               atol=1e-4, rtol=0)
+
+
 def test_a_vae_tile_larger_than_the_image_keeps_the_bytes(tiny_ckpt, lq, monkeypatch):
     calls = _record_tiled_vae(monkeypatch)
     whole = load_upscaler(_opts(tiny_ckpt)).upscale_array(lq)
