@@ -155,6 +155,40 @@ def png_with_chunks(png: bytes, icc: bytes | None, exif: bytes | None) -> bytes:
     return png[:ihdr_end] + extra + png[ihdr_end:]
 
 
+TIFF_ICC_TAG = 34675  # InterColorProfile
+
+
+def tiff_with_icc(tiff: bytes, icc: bytes) -> bytes:
+    """A classic TIFF with ``icc`` as the ICC profile (tag 34675) of its first image.
+
+    The pixel data stay where they are: the profile and a copy of the first IFD with the new tag
+    (entries kept in tag order) are appended, and the header is pointed at the new IFD. Raises
+    ValueError for anything but a classic (not Big-) TIFF.
+    """
+    order = tiff[:2]
+    if order not in (b"II", b"MM") or len(tiff) < 8:
+        raise ValueError("not a TIFF")
+    e = "<" if order == b"II" else ">"
+    magic, first = struct.unpack(e + "HI", tiff[2:8])
+    if magic != 42:
+        raise ValueError("not a classic TIFF")
+    (n,) = struct.unpack(e + "H", tiff[first:first + 2])
+    entries = [tiff[first + 2 + 12 * k:first + 14 + 12 * k] for k in range(n)]
+    (following,) = struct.unpack(e + "I", tiff[first + 2 + 12 * n:first + 6 + 12 * n])
+    tag = lambda entry: struct.unpack(e + "H", entry[:2])[0]  # noqa: E731
+    out = bytearray(tiff) + b"\0" * (len(tiff) % 2)  # TIFF offsets are word-aligned
+    icc_at = len(out)
+    out += icc + b"\0" * (len(icc) % 2)
+    entries = sorted([x for x in entries if tag(x) != TIFF_ICC_TAG]
+                     + [struct.pack(e + "HHII", TIFF_ICC_TAG, 7, len(icc), icc_at)], key=tag)  # 7: UNDEFINED
+    ifd_at = len(out)
+    out += struct.pack(e + "H", len(entries)) + b"".join(entries) + struct.pack(e + "I", following)
+    if len(out) >= 2**32:
+        raise ValueError("too large for a classic TIFF")
+    out[4:8] = struct.pack(e + "I", ifd_at)
+    return bytes(out)
+
+
 def one_line(e: BaseException) -> str:
     text = str(e).strip().splitlines()
     return text[0] if text else type(e).__name__
@@ -448,7 +482,7 @@ def _to_pillow(rgb: np.ndarray, alpha: np.ndarray | None, kind: str, bits: int, 
 
 def _encode_16bit_colour(path: Path, fmt: str, rgb: np.ndarray, alpha: np.ndarray | None,
                          icc: bytes | None, exif: bytes | None, notes: list[str]) -> bytes:
-    """16-bit RGB(A) (which Pillow cannot write) through OpenCV; ICC/EXIF added to PNG by hand."""
+    """16-bit RGB(A) (which Pillow cannot write) through OpenCV; ICC (and EXIF for PNG) added by hand."""
     import cv2
 
     a = to_uint(rgb[..., ::-1], 16)  # BGR
@@ -460,6 +494,8 @@ def _encode_16bit_colour(path: Path, fmt: str, rgb: np.ndarray, alpha: np.ndarra
     data = buf.tobytes()
     if fmt == "PNG":
         return png_with_chunks(data, icc, exif)
-    if icc or exif:
-        notes.append("16-bit colour TIFF written without ICC/EXIF; use PNG to keep them")
+    if icc and len(icc) > 4:  # (a real profile is at least 128 bytes; 4 would fit inside the entry)
+        data = tiff_with_icc(data, icc)
+    if exif:
+        notes.append("16-bit colour TIFF written without EXIF (its ICC profile is kept); use PNG to keep EXIF")
     return data

@@ -6,6 +6,7 @@ The file makers here are shared with test_batch.py and test_cli_batch.py.
 from __future__ import annotations
 
 import functools
+import io
 from pathlib import Path
 
 import cv2
@@ -21,6 +22,7 @@ from fluxsr_cli.imageio import (
     png_with_chunks,
     read_image,
     reset_orientation,
+    tiff_with_icc,
     write_image,
 )
 
@@ -248,6 +250,36 @@ def test_16bit_png_keeps_icc_and_exif(tmp_path):
     with Image.open(tmp_path / "out.png") as out:
         out.load()
         assert out.info["icc_profile"] == srgb_icc() and out.getexif()[0x010F] == "fluxsr-test-camera"
+
+
+def test_16bit_tiff_keeps_icc_and_pixels(tmp_path):
+    img = read_image(make_16bit_rgb(tmp_path / "deep.tif"))
+    img.icc_profile, img.exif = srgb_icc(), exif_bytes(1)
+    notes = write_image(tmp_path / "out.tif", img.rgb, like=img)
+    assert any("without EXIF" in n for n in notes)  # EXIF is still dropped for 16-bit colour TIFF
+    back = read_image(tmp_path / "out.tif")
+    assert back.bits == 16 and back.icc_profile == srgb_icc()
+    assert np.array_equal(back.rgb, img.rgb)  # 16-bit values unchanged
+    with Image.open(tmp_path / "out.tif") as out:  # and Pillow finds the profile too
+        assert out.info.get("icc_profile") == srgb_icc()
+
+
+def test_tiff_with_icc_replaces_a_profile_and_refuses_non_tiff():
+    ok, buf = cv2.imencode(".tif", photo()[:8, :8].astype(np.uint16) * 257)
+    once = tiff_with_icc(buf.tobytes(), b"A" * 200)
+    twice = tiff_with_icc(once, srgb_icc())
+    assert Image.open(io.BytesIO(twice)).info["icc_profile"] == srgb_icc()
+    decoded = cv2.imdecode(np.frombuffer(twice, np.uint8), cv2.IMREAD_UNCHANGED)
+    assert np.array_equal(decoded, cv2.imdecode(buf, cv2.IMREAD_UNCHANGED))
+    tifffile = pytest.importorskip("tifffile")  # (comes with scikit-image) big-endian, odd-length profile
+    a = photo().astype(np.uint16) * 257
+    big = io.BytesIO()
+    tifffile.imwrite(big, a, byteorder=">", photometric="rgb")
+    with tifffile.TiffFile(io.BytesIO(tiff_with_icc(big.getvalue(), b"X" * 301))) as f:
+        assert f.byteorder == ">" and f.pages[0].tags[34675].value == b"X" * 301
+        assert np.array_equal(f.pages[0].asarray(), a)
+    with pytest.raises(ValueError):
+        tiff_with_icc(b"\x89PNG\r\n\x1a\n" + b"\0" * 40, srgb_icc())
 
 
 def test_cmyk_jpeg_is_converted_with_a_note(tmp_path):
