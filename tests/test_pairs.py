@@ -271,3 +271,15 @@ def test_resume_refuses_another_dtype_before_loading(full_run, config, monkeypat
         generate_pairs(replace(config, output=full_run[0], num_pairs=7, dtype="fp16"))
     assert not (full_run[0] / "items" / "000006.safetensors").exists()
     assert load_config(PairsConfig, full_run[0] / "pairs.toml", "pairs").num_pairs == 6  # the record is untouched
+
+
+def test_the_shipped_config_and_prompts_load(monkeypatch):
+    """`fluxsr pairs --config configs/ftd.toml` from the repository root finds its prompts file."""
+    from fluxsr_cli.train import load_distill_config
+
+    root = Path(__file__).resolve().parents[1]
+    monkeypatch.chdir(root)
+    pairs = load_config(PairsConfig, Path("configs/ftd.toml"), "pairs")
+    prompts = read_prompts(pairs.prompts)
+    assert len(prompts) == 40 and len(set(prompts)) == 40 and all("photo" in p for p in prompts)
+    assert load_distill_config(Path("configs/ftd.toml")).lora_rank == 64

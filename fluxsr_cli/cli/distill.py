@@ -9,7 +9,7 @@ import typer
 
 from fluxsr_cli.cli.common import console, handle_errors, out, parse_overrides, rich_progress
 
-app = typer.Typer(help="Flow Trajectory Distillation into the one-step model.", no_args_is_help=False)
+app = typer.Typer(no_args_is_help=False)  # help: the callback's docstring (with its examples)
 
 
 @app.callback(invoke_without_command=True)
@@ -64,7 +64,12 @@ def export(
     = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output folder.")] = False,
 ) -> None:
-    """Write the fluxsr checkpoint format that `fluxsr upscale --model` loads."""
+    """Write the fluxsr checkpoint format that `fluxsr upscale --model` loads.
+
+    Examples:
+      fluxsr distill export runs/ftd -o my-fluxsr
+      fluxsr distill export runs/ftd --checkpoint runs/ftd/checkpoints/step-0002000 -o my-fluxsr-2k
+    """
     from fluxsr_cli.train import export_checkpoint
 
     path = export_checkpoint(run_dir, output, checkpoint=checkpoint, overwrite=overwrite)

@@ -17,9 +17,9 @@ def evaluate(
     gt: Annotated[Path | None, typer.Option("--gt", help="Folder of ground-truth images, matched by file name.")] = None,
     scale: Annotated[int, typer.Option("--scale", min=1, help="Upscaling factor of the outputs.")] = 4,
     crop_border: Annotated[
-        int | None, typer.Option("--crop-border", min=0, help="Pixels cut per side for PSNR/SSIM [default: --scale].")
+        int | None, typer.Option("--crop-border", min=0, help="Pixels cut per side for PSNR/SSIM \\[default: --scale].")
     ] = None,
-    metrics: Annotated[str | None, typer.Option("--metrics", help="Comma-separated metrics [default: all that apply].")] = None,
+    metrics: Annotated[str | None, typer.Option("--metrics", help="Comma-separated metrics \\[default: all that apply].")] = None,
     dataset: Annotated[
         str | None, typer.Option("--dataset", help="Show the paper's FluxSR row: realsr, drealsr or div2k-val.")
     ] = None,
@@ -28,7 +28,12 @@ def evaluate(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing --csv/--json files.")] = False,
     device: Annotated[str, typer.Option("--device", help="Device for the learned metrics: auto, cpu, cuda, ...")] = "auto",
 ) -> None:
-    """Score outputs: PSNR/SSIM on Y, LPIPS, DISTS with --gt; MUSIQ, MANIQA, TOPIQ, CLIPIQA, NIQE always."""
+    """Score outputs: PSNR/SSIM on Y, LPIPS, DISTS with --gt; MUSIQ, MANIQA, TOPIQ, CLIPIQA, NIQE always.
+
+    Examples:
+      fluxsr eval out_x4 --gt RealSR/HR --dataset realsr --csv scores.csv
+      fluxsr eval out_x4 --metrics psnr,ssim,lpips-vgg --gt hr --device cpu
+    """
     from fluxsr_cli.atomic import check_writable
     from fluxsr_cli.evaluate import METRICS, EvalConfig, write_csv, write_json
     from fluxsr_cli.evaluate import evaluate as run_eval
