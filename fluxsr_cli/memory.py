@@ -7,8 +7,9 @@
 - ``--offload sequential``: accelerate's ``cpu_offload`` on the transformer (weights stream in layer
   by layer; slow, for the smallest GPUs); the small VAE is model-offloaded, so its GroupNorm layers
   stay plain modules that tiled decoding can give global statistics (:mod:`fluxsr_cli.vae`).
-- ``--compile``: ``torch.compile`` of the transformer in place; every tile has one shape, so it
-  compiles once.
+- ``--compile``: ``torch.compile`` of the transformer in place. Every tile of an image has one
+  shape; the first shape compiles static, a second one (another image size) recompiles once with
+  dynamic sizes, and later sizes reuse that (PyTorch's automatic dynamic shapes).
 
 Attention runs through PyTorch's SDPA (diffusers' default FLUX processor).
 """
@@ -64,7 +65,10 @@ def place_models(transformer: torch.nn.Module, vae: torch.nn.Module, device: tor
         else:
             raise ValueError(f"offload must be none, model or sequential, got {offload!r}")
     if getattr(options, "compile", False):
-        transformer.compile(dynamic=False)
+        # PyTorch's automatic dynamic shapes: the first shape compiles static; a second shape (another
+        # image size in a batch, or the last, smaller group of --tile-batch) recompiles once with
+        # dynamic sizes, and later shapes reuse that. dynamic=False recompiled for every image size.
+        transformer.compile(dynamic=None)
 
 
 def free_memory() -> None:

@@ -229,5 +229,10 @@ def test_compile_wraps_the_transformer(tiny_ckpt, monkeypatch):
     from fluxsr_cli.architectures import TINY_TRANSFORMER, TINY_VAE, build_transformer, build_vae
 
     t, v = build_transformer(TINY_TRANSFORMER), build_vae(TINY_VAE)
+    asked = []
+    real = torch.nn.Module.compile
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, **kw: asked.append(kw) or real(self, **kw))
     memory.place_models(t, v, torch.device("cpu"), UpscaleOptions(compile=True))
     assert t._compiled_call_impl is not None and v._compiled_call_impl is None
+    # automatic dynamic shapes: not one compilation per image size (dynamic=False did that)
+    assert asked == [{"dynamic": None}]
