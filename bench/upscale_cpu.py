@@ -7,7 +7,7 @@ absolute jump between neighbouring pixels across tile borders divided by the sam
 everywhere else (1.0 = no seam structure). Targets: overhead <= 5 % of model time; peak RSS at
 4096 px <= 1.3x the 1024 px figure.
 
-    python bench/upscale_cpu.py [--sizes 512,1024,2048,4096] [--threads 2]
+    python bench/upscale_cpu.py [--sizes 512,1024,2048,4096] [--threads 2] [--repeats 2]
 """
 
 from __future__ import annotations
@@ -40,8 +40,9 @@ def seam_metric(out, boxes, scale: int) -> float | None:
     return float(np.mean(border) / inside)
 
 
-def measure(size: int, ckpt: str, threads: int) -> dict:
-    """One size, in this process: load, warm up, upscale once with timers around every model call."""
+def measure(size: int, ckpt: str, threads: int, repeats: int = 1) -> dict:
+    """One size, in this process: load, warm up, upscale ``repeats`` times with timers around every
+    model call; the fastest run is reported (peak RSS is over all of them)."""
     import resource
 
     import numpy as np
@@ -70,14 +71,19 @@ def measure(size: int, ckpt: str, threads: int) -> dict:
     photo = data.astronaut().astype(np.float32) / 255.0
     lq = resize(photo, (size // 4, size // 4), order=3, anti_aliasing=True).astype(np.float32).clip(0, 1)
     up.upscale_array(resize(photo, (16, 16), order=1).astype(np.float32))  # warm-up
-    model_seconds[0] = 0.0
-    start = time.perf_counter()
-    out = up.upscale_array(lq)
-    seconds = time.perf_counter() - start
+    seconds = model = float("inf")
+    out = None
+    for _ in range(repeats):  # the fastest run: the machine is shared, and noise only adds time
+        out = None  # (the previous result would otherwise be held through the next run's peak)
+        model_seconds[0] = 0.0
+        start = time.perf_counter()
+        out = up.upscale_array(lq)
+        if time.perf_counter() - start < seconds:
+            seconds, model = time.perf_counter() - start, model_seconds[0]
     tile = up.tile_pixels()
     overlap = max(128, tile // 4) if up.options.overlap is None else up.options.overlap
     boxes = tile_boxes(size // 8, size // 8, tile // 8, overlap // 8, multiple=2)
-    return {"size": size, "tiles": len(boxes), "seconds": seconds, "model_seconds": model_seconds[0],
+    return {"size": size, "tiles": len(boxes), "seconds": seconds, "model_seconds": model,
             "rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "seam": seam_metric(out, boxes, 8) if len(boxes) > 1 else None, "shape": list(out.shape)}
 
@@ -86,11 +92,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="512,1024,2048,4096")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=2, help="runs per size; the fastest is reported")
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--ckpt", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
-        print(json.dumps(measure(args.one, args.ckpt, args.threads)))
+        print(json.dumps(measure(args.one, args.ckpt, args.threads, args.repeats)))
         return
     from fluxsr_cli.tiny import save_tiny_base, save_tiny_checkpoint
 
@@ -100,9 +107,9 @@ def main() -> None:
         rows = []
         for size in (int(s) for s in args.sizes.split(",")):
             env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-            done = subprocess.run([sys.executable, __file__, "--one", str(size), "--ckpt", str(ckpt),
-                                   "--threads", str(args.threads)], capture_output=True, text=True, env=env,
-                                  check=False)
+            command = [sys.executable, __file__, "--one", str(size), "--ckpt", str(ckpt),
+                       "--threads", str(args.threads), "--repeats", str(args.repeats)]
+            done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
             if done.returncode:
                 sys.exit(f"size {size} failed:\n{done.stderr[-3000:]}")
             rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
