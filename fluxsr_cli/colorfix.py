@@ -57,7 +57,7 @@ def _shift_sum(x: torch.Tensor, d: int, dim: int, y: torch.Tensor) -> torch.Tens
     core = max(0, n - 2 * d)  # rows d .. n - d - 1
     if core:
         torch.add(x.narrow(dim, 0, core), x.narrow(dim, 2 * d, core), out=y.narrow(dim, d, core))
-    ends = [i for i in range(n) if not d <= i < d + core]
+    ends = [*range(min(d, n)), *range(d + core, n)]  # the indices outside the core rows
     if ends:
         i = torch.tensor(ends, device=x.device)
         near = x.index_select(dim, (i - d).clamp(min=0)).add_(x.index_select(dim, (i + d).clamp(max=n - 1)))
