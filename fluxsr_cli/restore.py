@@ -234,11 +234,12 @@ class Upscaler:
     def upscale_tiled(self, lq: torch.Tensor, tile: int, vae_whole_ok: bool = True) -> torch.Tensor:
         """Tiled upscale of LR [1, 3, h, w] with ``tile`` px tiles, streamed so memory stays flat.
 
-        The bicubic upscale is made crop by crop from ``lq`` (never whole); the transformer runs on
-        latent tiles (or, with ``--tile-space pixel``, encode -> DiT -> decode per pixel tile); the VAE
-        runs whole when it fits (or when the image fits ``--vae-tile``), else tiled with global
-        GroupNorm statistics; tiles are blended into
-        one float32 output buffer, which the colour fix then corrects in place, strip by strip.
+        The bicubic upscale is made from ``lq`` one band of rows at a time (whole only when the VAE
+        encodes the whole image); the transformer runs on latent tiles (or, with ``--tile-space
+        pixel``, encode -> DiT -> decode per pixel tile); the VAE runs whole when it fits (or when
+        the image fits ``--vae-tile``), else tiled with global GroupNorm statistics; tiles are
+        blended into one float32 output buffer, which the colour fix then corrects in place, strip
+        by strip. The output buffer is on the device when the VAE decoded whole, else on the CPU.
         """
         o = self.options
         h, w = lq.shape[-2] * o.scale, lq.shape[-1] * o.scale
@@ -254,16 +255,7 @@ class Upscaler:
             small = F.interpolate(lq, size=vae_lib.stats_size(*size, tile), mode="bicubic", antialias=True).clamp(0, 1)
             out = self._pixel_tiles(read, grid, small, geometry)
         else:
-            if o.vae_tile == "auto":
-                whole = vae_whole_ok and memory.vae_fits(self.vae, *size, self.device, self.dtype.itemsize)
-                vae_tile = memory.vae_tile(self.vae, tile, self.device, self.dtype.itemsize)
-            else:  # as asked; after an out-of-memory retry no larger than the transformer's tile
-                vae_tile = int(o.vae_tile) if vae_whole_ok else min(int(o.vae_tile), tile)
-                whole = max(size) <= vae_tile
-            # a quarter of the VAE tile: with global GroupNorm statistics more overlap changes little
-            # (measured: the tile size, i.e. the reach of the mid-block attention, decides the error)
-            vae_overlap = min(overlap, vae_tile // 4 // 16 * 16)
-            vae_geometry = dict(tile=vae_tile, overlap=vae_overlap, blend=o.blend, progress=self.progress)
+            whole, vae_geometry = self._vae_plan(size, tile, overlap, vae_whole_ok)
             z_l = self.encode(read(Box(0, 0, *size))) if whole else vae_lib.encode_tiled(self.vae, read, size,
                                                                                         **vae_geometry)
             read.clear()  # the last band (the whole image, when encoded whole) is not needed any more
@@ -276,7 +268,27 @@ class Upscaler:
         return colorfix.color_fix_strips(out[..., :h, :w], reference, o.color_fix, strip=strip,
                                          device=self.device).cpu()
 
-    def _pixel_tiles(self, read: Callable[[Box], torch.Tensor], grid: tuple[int, int], small: torch.Tensor, geometry: dict) -> torch.Tensor:
+    def _vae_plan(self, size: tuple[int, int], tile: int, overlap: int, whole_ok: bool) -> tuple[bool, dict]:
+        """Whether the VAE runs on the whole image, and the tile geometry (px) for when it does not.
+
+        ``--vae-tile auto``: whole when the estimate fits the free memory, else the largest tile that
+        does; ``--vae-tile N``: tiles of N px whenever the image is larger. After an out-of-memory
+        retry (``whole_ok`` False) never whole, and tiles no larger than the transformer's.
+        """
+        o = self.options
+        if o.vae_tile == "auto":
+            whole = whole_ok and memory.vae_fits(self.vae, *size, self.device, self.dtype.itemsize)
+            vae_tile = memory.vae_tile(self.vae, tile, self.device, self.dtype.itemsize)
+        else:
+            vae_tile = int(o.vae_tile) if whole_ok else min(int(o.vae_tile), tile)
+            whole = max(size) <= vae_tile
+        # a quarter of the VAE tile: with global GroupNorm statistics more overlap changes little
+        # (measured: the tile size, i.e. the reach of the mid-block attention, decides the error)
+        vae_overlap = min(overlap, vae_tile // 4 // 16 * 16)
+        return whole, dict(tile=vae_tile, overlap=vae_overlap, blend=o.blend, progress=self.progress)
+
+    def _pixel_tiles(self, read: Callable[[Box], torch.Tensor], grid: tuple[int, int], small: torch.Tensor,
+                     geometry: dict) -> torch.Tensor:
         """``--tile-space pixel``: each tile encode -> DiT -> decode; GroupNorm statistics from ``small``,
         a stand-in for the image that fits one tile (this mode saves memory, not time: no second pass)."""
         enc_stats = vae_lib.record_group_norm(self.vae.encoder, lambda: self.encode(small))
