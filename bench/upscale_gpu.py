@@ -79,7 +79,7 @@ def main() -> None:
 
     import torch
 
-    from fluxsr_cli import colorfix, memory, restore
+    from fluxsr_cli import colorfix, restore
     from fluxsr_cli.architectures import (
         FLUX_DEV_TRANSFORMER,
         FLUX_VAE,
@@ -121,6 +121,7 @@ def main() -> None:
     print(f"built models in {built:.1f} s on {name}", flush=True)
 
     stage_seconds: dict[str, float] = {}
+    stage_calls: dict[str, int] = {}  # how often each stage ran (one VAE encode call: the VAE ran whole)
 
     def sync() -> None:
         if device.type == "cuda":
@@ -133,6 +134,7 @@ def main() -> None:
             result = fn(*a, **k)
             sync()
             stage_seconds[stage] = stage_seconds.get(stage, 0.0) + time.perf_counter() - t0
+            stage_calls[stage] = stage_calls.get(stage, 0) + 1
             return result
         return wrapper
 
@@ -157,6 +159,7 @@ def main() -> None:
             torch.cuda.reset_peak_memory_stats(device)
         for _ in range(args.repeats):
             stage_seconds.clear()
+            stage_calls.clear()
             sync()
             t0 = time.perf_counter()
             with context():
@@ -173,7 +176,7 @@ def main() -> None:
         flops = n * dit_flops((min(t, size) // 16) ** 2, text_len, d, tcfg["num_layers"], tcfg["num_single_layers"])
         dit = best_stages.get("dit", float("nan"))
         vae_s = best_stages.get("encode", 0.0) + best_stages.get("decode", 0.0)
-        whole = options.vae_tile == "auto" and memory.vae_fits(vae, size, size, device, dtype.itemsize)
+        whole = stage_calls.get("encode") == 1  # the tiled VAE calls encode once per tile, in two passes
         if whole and size not in vae_work:
             vae_work[size] = vae_flops(vcfg, size)
         vae_tf = f"{vae_work[size] / vae_s / 1e12:.0f}" if whole and vae_s > 0 else "-"
