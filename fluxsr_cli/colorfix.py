@@ -21,6 +21,8 @@ from collections.abc import Callable
 
 import torch
 
+from fluxsr_cli.progress import ProgressFn, no_progress
+
 METHODS = ("wavelet", "adain", "none")
 WAVELET_LEVELS = 5
 WAVELET_REACH = sum(2**i for i in range(WAVELET_LEVELS))  # 31 px: how far the low band looks
@@ -141,13 +143,15 @@ def color_fix(out: torch.Tensor, reference: torch.Tensor, method: str = "wavelet
 
 
 def color_fix_strips(out: torch.Tensor, reference: Callable[[int, int], torch.Tensor], method: str = "wavelet",
-                     strip: int = 128, clamp: bool = True, device: torch.device | None = None) -> torch.Tensor:
+                     strip: int = 128, clamp: bool = True, device: torch.device | None = None,
+                     progress: ProgressFn = no_progress) -> torch.Tensor:
     """:func:`color_fix` in place on ``out`` [1, 3, H, W], one strip of rows at a time.
 
     ``reference(r0, r1)`` returns rows ``[r0, r1)`` of the reference [1, 3, r1 - r0, W], so the
     full-size reference never has to exist. The result equals :func:`color_fix` on whole tensors
     (to float rounding). Memory: a few strips of ``strip + 2 * 32`` rows. The wavelet work runs on
-    ``device`` (default: ``out``'s), e.g. the GPU for an output buffer in CPU memory.
+    ``device`` (default: ``out``'s), e.g. the GPU for an output buffer in CPU memory. ``progress``
+    hears ("colour fix", rows done, height).
     """
     if method not in METHODS:
         raise ValueError(f"colour fix must be one of {', '.join(METHODS)}, got {method!r}")
@@ -156,6 +160,7 @@ def color_fix_strips(out: torch.Tensor, reference: Callable[[int, int], torch.Te
         return out.clamp_(0.0, 1.0) if clamp else out
     if method == "adain":
         return _adain_strips(out, reference, strip, clamp)
+    progress("colour fix", 0, height)
     margin = WAVELET_REACH + 1
     strip = max(strip, margin)  # the carried rows must come from the previous strip only
     device = device or out.device
@@ -175,6 +180,7 @@ def color_fix_strips(out: torch.Tensor, reference: Callable[[int, int], torch.Te
         if r1 < height:  # the rows the next strip needs above it, before they are overwritten
             scratch.get("above", (b, c, margin, w), like).copy_(window[:, :, r1 - margin - lo:r1 - lo])
         out[:, :, r0:r1].copy_(fixed.clamp_(0.0, 1.0) if clamp else fixed)
+        progress("colour fix", r1, height)
     return out
 
 

@@ -266,7 +266,7 @@ class Upscaler:
         reference = lambda r0, r1: bicubic_crop(lq, o.scale, (h, w), Box(r0, 0, r1 - r0, w))  # noqa: E731
         strip = max(128, min(1024, COLOR_STRIP_BYTES // (w * out.shape[1] * 4)))  # rows per colour-fix strip
         return colorfix.color_fix_strips(out[..., :h, :w], reference, o.color_fix, strip=strip,
-                                         device=self.device).cpu()
+                                         device=self.device, progress=self.progress).cpu()
 
     def _vae_plan(self, size: tuple[int, int], tile: int, overlap: int, whole_ok: bool) -> tuple[bool, dict]:
         """Whether the VAE runs on the whole image, and the tile geometry (px) for when it does not.

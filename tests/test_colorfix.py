@@ -105,6 +105,14 @@ def test_float16_does_not_overflow(x):
     torch.testing.assert_close(fixed.float(), color_fix(x, reference, "wavelet"), atol=2e-3, rtol=0)
 
 
+def test_strips_report_progress_to_the_last_row(x):
+    heard = []
+    color_fix_strips(x.clone(), lambda r0, r1: x[:, :, r0:r1], "wavelet", strip=64,
+                     progress=lambda stage, done, total: heard.append((stage, done, total)))
+    assert heard[0] == ("colour fix", 0, 200) and heard[-1] == ("colour fix", 200, 200)
+    assert [d for _, d, _ in heard] == sorted(d for _, d, _ in heard) and len(heard) == 5  # 0, 64, 128, 192, 200
+
+
 def test_bad_method_and_shapes(x):
     with pytest.raises(ValueError, match="colour fix"):
         color_fix(x, x, "histogram")
