@@ -402,18 +402,32 @@ def run_batch(config: BatchConfig, fn: UpscaleFn | None, progress: ProgressFn = 
     options = config.output_options()
     results: list[FileResult] = []
     progress("files", 0, len(mine))
-    for i, job in enumerate(mine):
-        results.append(_run_one(job, fn, config.scale, options, processes.index))
-        results[-1].rel = job.rel
-        progress("files", i + 1, len(mine))
+    try:
+        for i, job in enumerate(mine):
+            results.append(_run_one(job, fn, config.scale, options, processes.index))
+            results[-1].rel = job.rel
+            progress("files", i + 1, len(mine))
+    except KeyboardInterrupt:  # one process: the report says what was done before Ctrl-C, then stop
+        if config.report is not None and processes.count == 1:
+            _merge(jobs, [(results, time.perf_counter() - start)], 1, interrupted=True).save(config.report, config)
+        raise
     gathered = processes.gather((results, time.perf_counter() - start))
-    done = {r.src: r for part, _ in gathered for r in part}
-    files = [done.get(str(j.src)) or FileResult(src=str(j.src), dst=str(j.dst), status=j.status, reason=j.reason,
-                                                rel=j.rel) for j in jobs]
-    report = BatchReport(files=files, seconds=max(s for _, s in gathered), processes=processes.count)
+    report = _merge(jobs, gathered, processes.count)
     if config.report is not None and processes.index == 0:
         report.save(config.report, config)
     return report
+
+
+def _merge(jobs: list[Job], gathered: list, processes: int, interrupted: bool = False) -> BatchReport:
+    """Every job's result in input order; a pending job nobody ran keeps its plan (or says it was interrupted)."""
+    done = {r.src: r for part, _ in gathered for r in part}
+
+    def planned(j: Job) -> FileResult:
+        reason = "interrupted before this file (rerun to resume)" if interrupted and j.status == "pending" else j.reason
+        return FileResult(src=str(j.src), dst=str(j.dst), status=j.status, reason=reason, rel=j.rel)
+
+    files = [done.get(str(j.src)) or planned(j) for j in jobs]
+    return BatchReport(files=files, seconds=max(s for _, s in gathered), processes=processes)
 
 
 def _run_one(job: Job, fn: UpscaleFn, scale: int, options: WriteOptions, rank: int) -> FileResult:

@@ -230,6 +230,19 @@ def test_resume_after_a_stop_gives_the_uninterrupted_outputs(tmp_path, error):
     assert outputs(tmp_path / "out") == outputs(tmp_path / "ref")
 
 
+def test_ctrl_c_leaves_a_report_of_what_was_done(tmp_path):
+    src = make_tree(tmp_path / "photos")
+    report = tmp_path / "report.json"
+    config = BatchConfig(src, tmp_path / "out", recursive=True, report=report)
+    with pytest.raises(KeyboardInterrupt):
+        run_batch(config, Stop(2, KeyboardInterrupt()))
+    saved = json.loads(report.read_text())
+    statuses = [f["status"] for f in saved["files"]]
+    assert statuses.count("done") == 2 and saved["summary"]["done"] == 2
+    left = [f for f in saved["files"] if f["status"] == "pending"]
+    assert len(left) == len(statuses) - 2 and all("interrupted" in f["reason"] for f in left)
+
+
 class Simulated(AccelerateProcesses):
     """Rank ``index`` of ``count`` in threads: accelerate's own split, a barrier, a shared gather."""
 
