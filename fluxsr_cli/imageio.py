@@ -9,6 +9,7 @@ input's mode and bit depth with its ICC profile and EXIF, atomically. Every refu
 from __future__ import annotations
 
 import contextlib
+import io
 import struct
 import warnings
 import zlib
@@ -156,36 +157,111 @@ def png_with_chunks(png: bytes, icc: bytes | None, exif: bytes | None) -> bytes:
 
 
 TIFF_ICC_TAG = 34675  # InterColorProfile
+TIFF_TYPE_BYTES = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 2, 9: 4, 10: 8, 11: 4, 12: 8, 13: 4}
+EXIF_SUB_IFDS = frozenset({34665, 34853, 40965})  # Exif, GPS and Interoperability IFD pointers
+# EXIF IFD-0 tags that describe image data (or that the writer sets itself): never copied into a TIFF
+IMAGE_STRUCTURE_TAGS = frozenset({254, 255, 256, 257, 258, 259, 262, 266, 273, 274, 277, 278, 279, 280, 281, 284,
+                                  317, 322, 323, 324, 325, 330, 338, 339, 340, 341, 513, 514, 530, 531, 532,
+                                  TIFF_ICC_TAG})
 
 
-def tiff_with_icc(tiff: bytes, icc: bytes) -> bytes:
-    """A classic TIFF with ``icc`` as the ICC profile (tag 34675) of its first image.
+def _ifd_entries(data: bytes | bytearray, at: int, e: str) -> tuple[list[bytes], int]:
+    """The 12-byte entries of the IFD at ``at`` and the offset of the next IFD."""
+    (n,) = struct.unpack_from(e + "H", data, at)
+    if at + 6 + 12 * n > len(data):
+        raise ValueError("IFD runs past the end")
+    entries = [bytes(data[at + 2 + 12 * k:at + 14 + 12 * k]) for k in range(n)]
+    return entries, struct.unpack_from(e + "I", data, at + 2 + 12 * n)[0]
 
-    The pixel data stay where they are: the profile and a copy of the first IFD with the new tag
-    (entries kept in tag order) are appended, and the header is pointed at the new IFD. Raises
-    ValueError for anything but a classic (not Big-) TIFF.
+
+def _relocated(blob: bytearray, at: int, base: int, seen: set[int]) -> list[bytes]:
+    """Entries of the little-endian IFD at ``at`` in ``blob`` with every offset moved by ``base``.
+
+    Sub-IFDs (Exif, GPS, Interoperability) are relocated in ``blob`` itself, recursively.
     """
-    order = tiff[:2]
-    if order not in (b"II", b"MM") or len(tiff) < 8:
-        raise ValueError("not a TIFF")
-    e = "<" if order == b"II" else ">"
-    magic, first = struct.unpack(e + "HI", tiff[2:8])
-    if magic != 42:
-        raise ValueError("not a classic TIFF")
-    (n,) = struct.unpack(e + "H", tiff[first:first + 2])
-    entries = [tiff[first + 2 + 12 * k:first + 14 + 12 * k] for k in range(n)]
-    (following,) = struct.unpack(e + "I", tiff[first + 2 + 12 * n:first + 6 + 12 * n])
-    tag = lambda entry: struct.unpack(e + "H", entry[:2])[0]  # noqa: E731
+    if at in seen or not 8 <= at < len(blob):
+        raise ValueError("EXIF IFD offset out of range")
+    seen.add(at)
+    entries, _ = _ifd_entries(blob, at, "<")
+    moved = []
+    for entry in entries:
+        tag, typ, count, value = struct.unpack("<HHII", entry)
+        if tag in EXIF_SUB_IFDS:
+            sub = _relocated(blob, value, base, seen)
+            end = value + 2 + 12 * len(sub)
+            blob[value + 2:end] = b"".join(sub)
+            blob[end:end + 4] = b"\0\0\0\0"  # a sub-IFD has no next IFD
+            value += base
+        elif TIFF_TYPE_BYTES.get(typ, 1) * count > 4:
+            if value + TIFF_TYPE_BYTES.get(typ, 1) * count > len(blob):
+                raise ValueError("EXIF value out of range")
+            value += base
+        moved.append(struct.pack("<HHII", tag, typ, count, value))
+    return moved
+
+
+def _tiff_exif(im: Image.Image) -> bytes | None:
+    """A TIFF's own metadata as EXIF bytes: its descriptive IFD-0 tags (camera, date, artist,
+    copyright, resolution, ...) and its Exif/GPS sub-IFDs; none of the tags that describe the pixel
+    data (TIFF keeps EXIF in the image's own IFD, where Pillow's ``info`` has no ``exif``)."""
+    source = im.getexif()
+    kept = Image.Exif()
+    for tag, value in source.items():
+        if tag not in IMAGE_STRUCTURE_TAGS and tag not in EXIF_SUB_IFDS:
+            kept[tag] = value
+    for pointer in (0x8769, 0x8825):  # Exif, GPS
+        sub = source.get_ifd(pointer)
+        if sub:
+            kept[pointer] = dict(sub)
+    return kept.tobytes() if len(kept) else None
+
+
+def _exif_little_endian(exif: bytes) -> bytes:
+    """EXIF as a little-endian TIFF structure (no ``Exif\\0\\0`` prefix), converted by Pillow if needed."""
+    body = exif[6:] if exif.startswith(b"Exif\x00\x00") else exif
+    if body[:4] == b"II*\x00":
+        return body
+    parsed = Image.Exif()
+    parsed.load(exif)
+    parsed.endian = "<"
+    return parsed.tobytes()[6:]
+
+
+def tiff_with_metadata(tiff: bytes, icc: bytes | None, exif: bytes | None) -> bytes:
+    """A little-endian classic TIFF (OpenCV's) with ``icc`` and ``exif`` added to its first image.
+
+    The pixel data stay where they are. Appended: the ICC profile (tag 34675); the EXIF structure,
+    little-endian, with its offsets moved to where it now lies; and a copy of the first IFD that
+    holds the profile, EXIF's descriptive IFD-0 tags (camera, date, artist, copyright, ...) and its
+    Exif/GPS sub-IFD pointers (entries in tag order). The header is pointed at the new IFD. Raises
+    ValueError for anything else than a little-endian classic TIFF, or a malformed EXIF.
+    """
+    if tiff[:4] != b"II*\x00" or len(tiff) < 8:
+        raise ValueError("not a little-endian classic TIFF")
+    (first,) = struct.unpack_from("<I", tiff, 4)
+    entries, following = _ifd_entries(tiff, first, "<")
+    tag = lambda entry: struct.unpack_from("<H", entry)[0]  # noqa: E731
     out = bytearray(tiff) + b"\0" * (len(tiff) % 2)  # TIFF offsets are word-aligned
-    icc_at = len(out)
-    out += icc + b"\0" * (len(icc) % 2)
-    entries = sorted([x for x in entries if tag(x) != TIFF_ICC_TAG]
-                     + [struct.pack(e + "HHII", TIFF_ICC_TAG, 7, len(icc), icc_at)], key=tag)  # 7: UNDEFINED
+    new: dict[int, bytes] = {}
+    if icc and len(icc) > 4:  # (a real profile has at least 128 bytes; 4 would sit inside the entry)
+        new[TIFF_ICC_TAG] = struct.pack("<HHII", TIFF_ICC_TAG, 7, len(icc), len(out))  # 7: UNDEFINED
+        out += icc + b"\0" * (len(icc) % 2)
+    if exif:
+        blob = bytearray(_exif_little_endian(exif))
+        if blob[:4] != b"II*\x00":
+            raise ValueError("EXIF is not a TIFF structure")
+        base = len(out)
+        for entry in _relocated(blob, struct.unpack_from("<I", blob, 4)[0], base, set()):
+            if tag(entry) not in IMAGE_STRUCTURE_TAGS:
+                new[tag(entry)] = entry
+        out += blob + b"\0" * (len(blob) % 2)
+    kept = [x for x in entries if tag(x) not in new]
+    merged = sorted(kept + list(new.values()), key=tag)
     ifd_at = len(out)
-    out += struct.pack(e + "H", len(entries)) + b"".join(entries) + struct.pack(e + "I", following)
+    out += struct.pack("<H", len(merged)) + b"".join(merged) + struct.pack("<I", following)
     if len(out) >= 2**32:
         raise ValueError("too large for a classic TIFF")
-    out[4:8] = struct.pack(e + "I", ifd_at)
+    out[4:8] = struct.pack("<I", ifd_at)
     return bytes(out)
 
 
@@ -325,7 +401,7 @@ def read_image(path: str | Path) -> LoadedImage:
         orientation = _orientation(im)
         palette_size = len(im.getcolors(256) or ()) or 256 if mode in PALETTE_MODES else None
         icc = im.info.get("icc_profile") or None
-        exif = im.info.get("exif") or None
+        exif = im.info.get("exif") or (_tiff_exif(im) if im.format == "TIFF" else None)
         if isinstance(exif, bytes):
             exif = reset_orientation(exif)
         else:
@@ -451,11 +527,28 @@ def write_image(
         params.update(quality=int(quality), lossless=quality >= 100, method=4)
     elif fmt == "TIFF":
         params["compression"] = "tiff_deflate"
+        if exif:  # libtiff cannot take EXIF with sub-IFDs (every camera's): added to the bytes after
+            params.pop("exif")
+            encoded = io.BytesIO()
+            im.save(encoded, format=fmt, **params)
+            data = _add_exif_to_tiff(encoded.getvalue(), exif, notes)
+            with atomic_path(path, overwrite=overwrite) as tmp:
+                tmp.write_bytes(data)
+            return notes
     elif fmt == "PNG":
         params["compress_level"] = 6
     with atomic_path(path, overwrite=overwrite) as tmp:
         im.save(tmp, format=fmt, **params)
     return notes
+
+
+def _add_exif_to_tiff(tiff: bytes, exif: bytes, notes: list[str]) -> bytes:
+    """:func:`tiff_with_metadata` for EXIF alone; EXIF it cannot place is dropped with a note."""
+    try:
+        return tiff_with_metadata(tiff, None, exif)
+    except (ValueError, struct.error) as e:
+        notes.append(f"EXIF not written ({e}); the TIFF has no camera metadata")
+        return tiff
 
 
 def _to_pillow(rgb: np.ndarray, alpha: np.ndarray | None, kind: str, bits: int, like: LoadedImage | None) -> Image.Image:
@@ -494,8 +587,9 @@ def _encode_16bit_colour(path: Path, fmt: str, rgb: np.ndarray, alpha: np.ndarra
     data = buf.tobytes()
     if fmt == "PNG":
         return png_with_chunks(data, icc, exif)
-    if icc and len(icc) > 4:  # (a real profile is at least 128 bytes; 4 would fit inside the entry)
-        data = tiff_with_icc(data, icc)
-    if exif:
-        notes.append("16-bit colour TIFF written without EXIF (its ICC profile is kept); use PNG to keep EXIF")
-    return data
+    if icc:
+        try:
+            data = tiff_with_metadata(data, icc, None)
+        except (ValueError, struct.error) as e:
+            notes.append(f"ICC profile not written ({e}); use PNG to keep it")
+    return _add_exif_to_tiff(data, exif, notes) if exif else data

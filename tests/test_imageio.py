@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import io
+import struct
 from pathlib import Path
 
 import cv2
@@ -22,7 +23,7 @@ from fluxsr_cli.imageio import (
     png_with_chunks,
     read_image,
     reset_orientation,
-    tiff_with_icc,
+    tiff_with_metadata,
     write_image,
 )
 
@@ -252,34 +253,83 @@ def test_16bit_png_keeps_icc_and_exif(tmp_path):
         assert out.info["icc_profile"] == srgb_icc() and out.getexif()[0x010F] == "fluxsr-test-camera"
 
 
-def test_16bit_tiff_keeps_icc_and_pixels(tmp_path):
+def camera_exif(endian: str = ">") -> bytes:
+    """EXIF as cameras write it: IFD-0 tags plus an Exif sub-IFD (Pillow writes big-endian by default)."""
+    exif = Image.Exif()
+    exif.endian = endian
+    exif[0x010F] = "fluxsr-test-camera"
+    exif[0x8298] = "(c) the archive"
+    exif[0x8769] = {0x9003: "2026:11:27 10:00:00"}  # DateTimeOriginal
+    return exif.tobytes()
+
+
+def assert_camera_exif(path: Path) -> None:
+    with Image.open(path) as im:
+        exif = im.getexif()
+        assert exif[0x010F] == "fluxsr-test-camera" and exif[0x8298] == "(c) the archive"
+        assert exif.get_ifd(0x8769)[0x9003] == "2026:11:27 10:00:00"
+
+
+@pytest.mark.parametrize("endian", [">", "<"])
+def test_16bit_tiff_keeps_icc_exif_and_pixels(tmp_path, endian):
     img = read_image(make_16bit_rgb(tmp_path / "deep.tif"))
-    img.icc_profile, img.exif = srgb_icc(), exif_bytes(1)
-    notes = write_image(tmp_path / "out.tif", img.rgb, like=img)
-    assert any("without EXIF" in n for n in notes)  # EXIF is still dropped for 16-bit colour TIFF
+    img.icc_profile, img.exif = srgb_icc(), camera_exif(endian)
+    assert write_image(tmp_path / "out.tif", img.rgb, like=img) == []
     back = read_image(tmp_path / "out.tif")
-    assert back.bits == 16 and back.icc_profile == srgb_icc()
+    assert back.bits == 16 and back.icc_profile == srgb_icc() and back.exif
     assert np.array_equal(back.rgb, img.rgb)  # 16-bit values unchanged
-    with Image.open(tmp_path / "out.tif") as out:  # and Pillow finds the profile too
-        assert out.info.get("icc_profile") == srgb_icc()
+    assert_camera_exif(tmp_path / "out.tif")
+    tifffile = pytest.importorskip("tifffile")  # (comes with scikit-image) a second, strict reader
+    with tifffile.TiffFile(tmp_path / "out.tif") as f:
+        assert f.pages[0].tags[34675].value == srgb_icc() and f.pages[0].shape == (32, 48, 3)
 
 
-def test_tiff_with_icc_replaces_a_profile_and_refuses_non_tiff():
+@pytest.mark.parametrize("ext", [".tif", ".png", ".jpg"])
+def test_camera_exif_reaches_every_format(tmp_path, ext):
+    """A camera JPEG's EXIF (with its Exif sub-IFD) used to make 8-bit TIFF writing fail in libtiff."""
+    Image.fromarray(photo()).save(tmp_path / "cam.jpg", exif=camera_exif(), quality=95)
+    img = read_image(tmp_path / "cam.jpg")
+    assert write_image(tmp_path / f"out{ext}", img.rgb, like=img) == []
+    assert_camera_exif(tmp_path / f"out{ext}")
+
+
+@pytest.mark.parametrize("ext", [".tif", ".png", ".jpg"])
+def test_a_tiffs_own_metadata_is_kept_and_its_structure_is_not_copied(tmp_path, ext):
+    Image.fromarray(photo()).save(tmp_path / "scan.tif", exif=camera_exif(), dpi=(300, 300))
+    img = read_image(tmp_path / "scan.tif")
+    write_image(tmp_path / f"out{ext}", img.rgb, like=img)
+    assert_camera_exif(tmp_path / f"out{ext}")
+    with Image.open(tmp_path / f"out{ext}") as out:
+        assert out.size == (48, 32) and out.info.get("dpi", (300, 300))[0] == pytest.approx(300)
+        if ext != ".tif":  # the EXIF block of a PNG/JPEG holds no TIFF image structure (size, strips)
+            assert not {256, 257, 273, 279} & set(out.getexif())
+
+
+def test_tiff_with_metadata_replaces_a_profile_and_refuses_what_it_cannot_place():
     ok, buf = cv2.imencode(".tif", photo()[:8, :8].astype(np.uint16) * 257)
-    once = tiff_with_icc(buf.tobytes(), b"A" * 200)
-    twice = tiff_with_icc(once, srgb_icc())
+    once = tiff_with_metadata(buf.tobytes(), b"A" * 201, None)  # odd length: padded to a word
+    twice = tiff_with_metadata(once, srgb_icc(), camera_exif())
     assert Image.open(io.BytesIO(twice)).info["icc_profile"] == srgb_icc()
     decoded = cv2.imdecode(np.frombuffer(twice, np.uint8), cv2.IMREAD_UNCHANGED)
     assert np.array_equal(decoded, cv2.imdecode(buf, cv2.IMREAD_UNCHANGED))
-    tifffile = pytest.importorskip("tifffile")  # (comes with scikit-image) big-endian, odd-length profile
-    a = photo().astype(np.uint16) * 257
-    big = io.BytesIO()
-    tifffile.imwrite(big, a, byteorder=">", photometric="rgb")
-    with tifffile.TiffFile(io.BytesIO(tiff_with_icc(big.getvalue(), b"X" * 301))) as f:
-        assert f.byteorder == ">" and f.pages[0].tags[34675].value == b"X" * 301
-        assert np.array_equal(f.pages[0].asarray(), a)
-    with pytest.raises(ValueError):
-        tiff_with_icc(b"\x89PNG\r\n\x1a\n" + b"\0" * 40, srgb_icc())
+    with pytest.raises(ValueError):  # not a TIFF
+        tiff_with_metadata(b"\x89PNG\r\n\x1a\n" + b"\0" * 40, srgb_icc(), None)
+    with pytest.raises(ValueError):  # big-endian TIFF (OpenCV and libtiff write little-endian here)
+        tiff_with_metadata(b"MM\0*" + b"\0" * 40, srgb_icc(), None)
+    broken = bytearray(camera_exif("<"))
+    struct.pack_into("<I", broken, 6 + 4, 10**6)  # IFD-0 offset far past the end
+    with pytest.raises((ValueError, struct.error)):
+        tiff_with_metadata(buf.tobytes(), None, bytes(broken))
+
+
+def test_exif_that_cannot_be_placed_is_dropped_with_a_note(tmp_path):
+    img = read_image(make_16bit_rgb(tmp_path / "deep.tif"))
+    broken = bytearray(camera_exif("<"))
+    struct.pack_into("<I", broken, 6 + 4, 10**6)
+    img.exif = bytes(broken)
+    notes = write_image(tmp_path / "out.tif", img.rgb, like=img)
+    assert any("EXIF not written" in n for n in notes)
+    assert np.array_equal(read_image(tmp_path / "out.tif").rgb, img.rgb)
 
 
 def test_cmyk_jpeg_is_converted_with_a_note(tmp_path):
