@@ -159,10 +159,12 @@ def png_with_chunks(png: bytes, icc: bytes | None, exif: bytes | None) -> bytes:
 TIFF_ICC_TAG = 34675  # InterColorProfile
 TIFF_TYPE_BYTES = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 2, 9: 4, 10: 8, 11: 4, 12: 8, 13: 4}
 EXIF_SUB_IFDS = frozenset({34665, 34853, 40965})  # Exif, GPS and Interoperability IFD pointers
-# EXIF IFD-0 tags that describe image data (or that the writer sets itself): never copied into a TIFF
-IMAGE_STRUCTURE_TAGS = frozenset({254, 255, 256, 257, 258, 259, 262, 266, 273, 274, 277, 278, 279, 280, 281, 284,
-                                  317, 322, 323, 324, 325, 330, 338, 339, 340, 341, 513, 514, 530, 531, 532,
-                                  TIFF_ICC_TAG})
+# The IFD-0 tags that metadata may bring into an output: description, camera, date, rights and
+# resolution. Everything else there describes pixel data (size, strips, colour map, ...), belongs
+# to one program (Photoshop layers, GeoTIFF and ImageJ scales) or would be stale after upscaling.
+METADATA_TAGS = frozenset({269, 270, 271, 272, 282, 283, 285, 296, 305, 306, 315, 316, 33432, 34665, 34853})
+# Element sizes for byte-swapping: BYTE, ASCII, SBYTE and UNDEFINED are opaque bytes
+TIFF_SWAP_BYTES = {3: 2, 4: 4, 5: 4, 8: 2, 9: 4, 10: 4, 11: 4, 12: 8, 13: 4}
 
 
 def _ifd_entries(data: bytes | bytearray, at: int, e: str) -> tuple[list[bytes], int]:
@@ -201,30 +203,76 @@ def _relocated(blob: bytearray, at: int, base: int, seen: set[int]) -> list[byte
 
 
 def _tiff_exif(im: Image.Image) -> bytes | None:
-    """A TIFF's own metadata as EXIF bytes: its descriptive IFD-0 tags (camera, date, artist,
-    copyright, resolution, ...) and its Exif/GPS sub-IFDs; none of the tags that describe the pixel
-    data (TIFF keeps EXIF in the image's own IFD, where Pillow's ``info`` has no ``exif``)."""
-    source = im.getexif()
-    kept = Image.Exif()
-    for tag, value in source.items():
-        if tag not in IMAGE_STRUCTURE_TAGS and tag not in EXIF_SUB_IFDS:
-            kept[tag] = value
-    for pointer in (0x8769, 0x8825):  # Exif, GPS
-        sub = source.get_ifd(pointer)
-        if sub:
-            kept[pointer] = dict(sub)
-    return kept.tobytes() if len(kept) else None
+    """A TIFF's own metadata as EXIF bytes: its :data:`METADATA_TAGS` of IFD 0 and its Exif and GPS
+    sub-IFDs (TIFF keeps these in the image's own IFD, where Pillow's ``info`` has no ``exif``).
+    Metadata that cannot be read is left out."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            source = im.getexif()
+            kept = Image.Exif()
+            for tag, value in source.items():
+                if tag in METADATA_TAGS and tag not in EXIF_SUB_IFDS:
+                    if tag == 270 and str(value).lstrip().startswith(("{", "ImageJ=")):
+                        continue  # tifffile's / ImageJ's shape records, wrong after upscaling
+                    kept[tag] = value
+            for pointer in (0x8769, 0x8825):  # Exif, GPS
+                sub = {k: v for k, v in source.get_ifd(pointer).items() if k not in EXIF_SUB_IFDS}
+                if sub:  # (an Interoperability IFD inside would need its own pointer: left out)
+                    kept[pointer] = sub
+            return kept.tobytes() if len(kept) else None
+    except Exception:  # noqa: BLE001 - metadata is optional; the pixels were read
+        return None
+
+
+def _swapped_to_little_endian(blob: bytes) -> bytes:
+    """A big-endian TIFF structure (EXIF) rewritten little-endian, layout and tag types unchanged."""
+    src, out = bytes(blob), bytearray(blob)
+    out[:4] = b"II*\x00"
+    struct.pack_into("<I", out, 4, struct.unpack_from(">I", src, 4)[0])
+
+    def swap_ifd(at: int, seen: set[int]) -> None:
+        if at in seen or not 8 <= at < len(src):
+            raise ValueError("EXIF IFD offset out of range")
+        seen.add(at)
+        (n,) = struct.unpack_from(">H", src, at)
+        if at + 6 + 12 * n > len(src):
+            raise ValueError("EXIF IFD runs past the end")
+        struct.pack_into("<H", out, at, n)
+        for k in range(n):
+            entry = at + 2 + 12 * k
+            tag, typ, count = struct.unpack_from(">HHI", src, entry)
+            struct.pack_into("<HHI", out, entry, tag, typ, count)
+            size, unit = TIFF_TYPE_BYTES.get(typ, 1) * count, TIFF_SWAP_BYTES.get(typ, 1)
+            where = entry + 8
+            if size > 4 or tag in EXIF_SUB_IFDS:
+                (where,) = struct.unpack_from(">I", src, entry + 8)
+                struct.pack_into("<I", out, entry + 8, where)
+                if tag in EXIF_SUB_IFDS:
+                    swap_ifd(where, seen)
+                    continue
+                if where + size > len(src):
+                    raise ValueError("EXIF value out of range")
+            if unit > 1:  # swap each element; opaque bytes (MakerNote, strings) stay as they are
+                for i in range(where, where + min(size, len(src) - where) // unit * unit, unit):
+                    out[i:i + unit] = src[i:i + unit][::-1]
+        (following,) = struct.unpack_from(">I", src, at + 2 + 12 * n)
+        struct.pack_into("<I", out, at + 2 + 12 * n, following)
+        if following:
+            swap_ifd(following, seen)
+
+    swap_ifd(struct.unpack_from(">I", src, 4)[0], set())
+    return bytes(out)
 
 
 def _exif_little_endian(exif: bytes) -> bytes:
-    """EXIF as a little-endian TIFF structure (no ``Exif\\0\\0`` prefix), converted by Pillow if needed."""
+    """EXIF as a little-endian TIFF structure (no ``Exif\\0\\0`` prefix); big-endian EXIF is swapped."""
     body = exif[6:] if exif.startswith(b"Exif\x00\x00") else exif
     if body[:4] == b"II*\x00":
         return body
-    parsed = Image.Exif()
-    parsed.load(exif)
-    parsed.endian = "<"
-    return parsed.tobytes()[6:]
+    if body[:4] == b"MM\x00*":
+        return _swapped_to_little_endian(body)
+    raise ValueError("EXIF is not a TIFF structure")
 
 
 def tiff_with_metadata(tiff: bytes, icc: bytes | None, exif: bytes | None) -> bytes:
@@ -232,8 +280,8 @@ def tiff_with_metadata(tiff: bytes, icc: bytes | None, exif: bytes | None) -> by
 
     The pixel data stay where they are. Appended: the ICC profile (tag 34675); the EXIF structure,
     little-endian, with its offsets moved to where it now lies; and a copy of the first IFD that
-    holds the profile, EXIF's descriptive IFD-0 tags (camera, date, artist, copyright, ...) and its
-    Exif/GPS sub-IFD pointers (entries in tag order). The header is pointed at the new IFD. Raises
+    holds the profile, EXIF's :data:`METADATA_TAGS` the image does not set itself (camera, date,
+    artist, copyright, ...) and its Exif/GPS sub-IFD pointers (entries in tag order). The header is pointed at the new IFD. Raises
     ValueError for anything else than a little-endian classic TIFF, or a malformed EXIF.
     """
     if tiff[:4] != b"II*\x00" or len(tiff) < 8:
@@ -250,9 +298,9 @@ def tiff_with_metadata(tiff: bytes, icc: bytes | None, exif: bytes | None) -> by
         blob = bytearray(_exif_little_endian(exif))
         if blob[:4] != b"II*\x00":
             raise ValueError("EXIF is not a TIFF structure")
-        base = len(out)
+        base, own = len(out), {tag(x) for x in entries}
         for entry in _relocated(blob, struct.unpack_from("<I", blob, 4)[0], base, set()):
-            if tag(entry) not in IMAGE_STRUCTURE_TAGS:
+            if tag(entry) in METADATA_TAGS and tag(entry) not in own:  # the image's own tags win
                 new[tag(entry)] = entry
         out += blob + b"\0" * (len(blob) % 2)
     kept = [x for x in entries if tag(x) not in new]

@@ -254,12 +254,16 @@ def test_16bit_png_keeps_icc_and_exif(tmp_path):
 
 
 def camera_exif(endian: str = ">") -> bytes:
-    """EXIF as cameras write it: IFD-0 tags plus an Exif sub-IFD (Pillow writes big-endian by default)."""
+    """EXIF as cameras write it: IFD-0 tags, an Exif sub-IFD with a signed rational and a MakerNote,
+    and a GPS sub-IFD (Pillow writes big-endian by default, as many cameras do)."""
+    from PIL.TiffImagePlugin import IFDRational
+
     exif = Image.Exif()
     exif.endian = endian
     exif[0x010F] = "fluxsr-test-camera"
     exif[0x8298] = "(c) the archive"
-    exif[0x8769] = {0x9003: "2026:11:27 10:00:00"}  # DateTimeOriginal
+    exif[0x8769] = {0x9003: "2026:11:27 10:00:00", 0x9201: IFDRational(-3, 2), 0x927C: b"MAKERNOTE\x00\x01"}
+    exif[0x8825] = {1: "N", 2: (IFDRational(52, 1), IFDRational(31, 1), IFDRational(7, 2))}
     return exif.tobytes()
 
 
@@ -267,7 +271,9 @@ def assert_camera_exif(path: Path) -> None:
     with Image.open(path) as im:
         exif = im.getexif()
         assert exif[0x010F] == "fluxsr-test-camera" and exif[0x8298] == "(c) the archive"
-        assert exif.get_ifd(0x8769)[0x9003] == "2026:11:27 10:00:00"
+        sub = exif.get_ifd(0x8769)
+        assert sub[0x9003] == "2026:11:27 10:00:00" and sub[0x9201] == -1.5  # the sign survives
+        assert sub[0x927C] == b"MAKERNOTE\x00\x01" and exif.get_ifd(0x8825)[2] == (52.0, 31.0, 3.5)
 
 
 @pytest.mark.parametrize("endian", [">", "<"])
@@ -320,6 +326,38 @@ def test_tiff_with_metadata_replaces_a_profile_and_refuses_what_it_cannot_place(
     struct.pack_into("<I", broken, 6 + 4, 10**6)  # IFD-0 offset far past the end
     with pytest.raises((ValueError, struct.error)):
         tiff_with_metadata(buf.tobytes(), None, bytes(broken))
+
+
+def test_a_palette_tiffs_colour_map_is_the_outputs_own(tmp_path):
+    """A palette TIFF's metadata must not bring its colour map into an output with other colours."""
+    Image.fromarray(photo()).quantize(3).save(tmp_path / "pal.tif")
+    img = read_image(tmp_path / "pal.tif")
+    shifted = img.rgb[..., [1, 2, 0]] * 0.5 + 0.25
+    write_image(tmp_path / "out.tif", shifted, like=img)
+    with Image.open(tmp_path / "out.tif") as out:
+        got = np.asarray(out.convert("RGB")).astype(np.float32) / 255
+    assert np.abs(got - shifted).mean() < 0.1
+
+
+def test_tifffile_shape_records_are_not_carried(tmp_path):
+    tifffile = pytest.importorskip("tifffile")
+    tifffile.imwrite(tmp_path / "t.tif", photo(), photometric="rgb")  # ImageDescription {"shape": [...]}
+    img = read_image(tmp_path / "t.tif")
+    write_image(tmp_path / "out.tif", img.rgb, like=img)
+    with tifffile.TiffFile(tmp_path / "out.tif") as f:
+        assert "shape" not in str(f.pages[0].tags.get("ImageDescription", ""))
+
+
+def test_exif_that_is_no_tiff_structure_is_dropped_with_a_note(tmp_path):
+    Image.fromarray(photo()).save(tmp_path / "odd.jpg", exif=b"Exif\x00\x00this is not a tiff structure")
+    img = read_image(tmp_path / "odd.jpg")
+    for name in ("out.tif", "deep.tif"):
+        if name == "deep.tif":
+            img = read_image(make_16bit_rgb(tmp_path / "in16.tif"))
+            img.exif = b"Exif\x00\x00this is not a tiff structure"
+        notes = write_image(tmp_path / name, img.rgb, like=img)
+        assert any("EXIF not written" in n for n in notes)
+        assert read_image(tmp_path / name).rgb.shape == img.rgb.shape
 
 
 def test_exif_that_cannot_be_placed_is_dropped_with_a_note(tmp_path):
