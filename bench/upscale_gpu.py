@@ -3,7 +3,8 @@
 Builds the FLUX.1-dev transformer (11.9B) and VAE from their configs (``fluxsr_cli.architectures``)
 with random bf16 weights directly on the GPU (no download), random fixed embeddings [1, 512, 4096] /
 [1, 768], then times 1024 px and 4096 px outputs (x4) through ``Upscaler`` eager and compiled, with
-``--tile-batch`` 1 and 4 and with the VAE whole or tiled: wall seconds (warm, best of N) split into
+``--tile-batch`` 1 and 4, with the VAE whole or tiled, with cuDNN attention preferred and with the
+VAE in channels-last memory format (the last two are experiments): wall seconds (warm, best of N) split into
 VAE encode, transformer, VAE decode, colour fix and the rest, tiles, peak GPU memory
 and achieved TFLOP/s by METHOD.md section 10 (linear 1368 d^2 S + attention 57 * 4 S^2 d per call,
 S = image + 512 text tokens) and, where the VAE ran whole, its TFLOP/s (FLOPs counted by
@@ -209,6 +210,14 @@ def main() -> None:
         run("compiled", vae_tiled, big)
         if time.perf_counter() - start_all < 300:  # a new batch shape recompiles; only with time to spare
             run("compiled", replace(base, tile_batch=4), big)
+        if time.perf_counter() - start_all < 360:  # an experiment: the VAE's convolutions in NHWC
+            vae.to(memory_format=torch.channels_last)
+            try:
+                for size in sizes:
+                    run("compiled, VAE channels-last", base, size)
+            except Exception as error:  # noqa: BLE001
+                print(f"channels-last VAE failed: {str(error).splitlines()[0][:200]}", flush=True)
+            vae.to(memory_format=torch.contiguous_format)
     try:
         attention = vae_attention_seconds(torch, device, dtype, big) if device.type == "cuda" else {}
     except Exception as error:  # noqa: BLE001 - e.g. out of memory: report, keep the table
