@@ -17,10 +17,10 @@ from fluxsr_cli.errors import InputError
 
 def check_writable(path: Path, overwrite: bool) -> None:
     """Raise :class:`InputError` when ``path`` exists (and ``overwrite`` is off) or cannot be made."""
-    if path.exists() and not overwrite:
-        raise InputError(f"{path}: output exists; pass --overwrite to replace it or choose another name")
     if path.is_dir():
         raise InputError(f"{path}: is a folder; give a file name")
+    if path.exists() and not overwrite:
+        raise InputError(f"{path}: output exists; pass --overwrite to replace it or choose another name")
     parent = path.parent
     try:
         parent.mkdir(parents=True, exist_ok=True)

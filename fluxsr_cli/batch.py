@@ -44,9 +44,9 @@ class WriteOptions:
 
     def __post_init__(self) -> None:
         if self.max_pixels <= 0:
-            raise ConfigError(f"max_pixels: must be positive, got {self.max_pixels}")
+            raise ConfigError(f"--max-pixels must be a positive number of megapixels, got {self.max_pixels / 1e6:g}")
         if not 1 <= self.quality <= 100:
-            raise ConfigError(f"quality: must be in 1..100, got {self.quality}")
+            raise ConfigError(f"--quality must be 1-100, got {self.quality}")
 
 
 @dataclass(frozen=True)
@@ -173,6 +173,9 @@ def check_job(src: str | Path, dst: str | Path, scale: int,
     output stays within ``max_pixels``. Raises :class:`InputError`.
     """
     src, dst = Path(src), Path(dst)
+    if dst.exists() and src.exists() and os.path.samefile(src, dst):
+        raise InputError(f"{dst}: is the input itself; choose another output name (even --overwrite would "
+                         "lose the original)")
     check_writable(dst, options.overwrite)
     w, h = image_size(src)
     out_w, out_h = w * scale, h * scale

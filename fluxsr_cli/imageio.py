@@ -335,7 +335,8 @@ def _open(path: Path):
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             im = Image.open(path)
     except UnidentifiedImageError:
-        raise InputError(f"{path}: not an image Pillow can read; convert it to PNG or JPEG") from None
+        raise InputError(f"{path}: not an image Pillow can read; convert it to PNG or TIFF (16-bit keeps "
+                         "precision)") from None
     except Image.DecompressionBombError:
         raise InputError(f"{path}: image is too large to decode safely; downscale it first") from None
     except OSError as e:
@@ -436,7 +437,7 @@ def read_image(path: str | Path) -> LoadedImage:
         mode = im.mode
         frames = getattr(im, "n_frames", 1)
         if frames > 1 and fmt != "MPO":  # MPO: a phone JPEG with a depth map or preview beside it
-            notes.append(f"first of {frames} frames used")
+            notes.append(f"only the first of its {frames} pages/frames is upscaled; split the file to do the others")
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
@@ -629,7 +630,9 @@ def _encode_16bit_colour(path: Path, fmt: str, rgb: np.ndarray, alpha: np.ndarra
     a = to_uint(rgb[..., ::-1], 16)  # BGR
     if alpha is not None:
         a = np.dstack([a, to_uint(alpha, 16)])
-    ok, buf = cv2.imencode(".png" if fmt == "PNG" else ".tiff", a)
+    # TIFF: deflate, as the 8-bit TIFFs (OpenCV's default LZW needs imagecodecs in tifffile)
+    params = [] if fmt == "PNG" else [cv2.IMWRITE_TIFF_COMPRESSION, 8]  # 8: Adobe deflate
+    ok, buf = cv2.imencode(".png" if fmt == "PNG" else ".tiff", a, params)
     if not ok:
         raise InputError(f"{path}: OpenCV could not encode a 16-bit {fmt}; write PNG instead")
     data = buf.tobytes()

@@ -65,6 +65,28 @@ def test_tiled_upscale_through_the_cli(tiny_ckpt, cat_jpg, tmp_path):
     assert Image.open(out).size == (300, 200)
 
 
+def test_what_the_output_cannot_keep_is_said(tiny_ckpt, cat_jpg, tmp_path):
+    rgba = tmp_path / "rgba.png"
+    rgb = np.asarray(Image.open(cat_jpg))
+    Image.fromarray(np.dstack([rgb, np.full(rgb.shape[:2], 128, np.uint8)]), "RGBA").save(rgba)
+    code, output = _run("upscale", rgba, "-o", tmp_path / "flat.jpg", "--model", tiny_ckpt)
+    assert code == 0 and "note:" in output and "white" in output  # alpha composited into the JPEG
+    pages = tmp_path / "two pages.tif"
+    Image.fromarray(rgb).save(pages, save_all=True, append_images=[Image.fromarray(rgb[::-1])])
+    code, output = _run("upscale", pages, "-o", tmp_path / "page1.tif", "--model", tiny_ckpt)
+    assert code == 0 and "only the first of its 2 pages" in output
+
+
+def test_the_input_is_never_the_output(tiny_ckpt, cat_jpg, tmp_path):
+    before = cat_jpg.read_bytes()
+    code, output = _run("upscale", cat_jpg, "-o", cat_jpg, "--model", tiny_ckpt, "--overwrite")
+    assert code == 2 and "is the input itself" in output and cat_jpg.read_bytes() == before
+    folder = tmp_path / "a folder"
+    folder.mkdir()
+    code, output = _run("upscale", cat_jpg, "-o", folder, "--model", tiny_ckpt)  # not "pass --overwrite"
+    assert code == 2 and "is a folder" in output
+
+
 def test_existing_output_is_kept_without_overwrite(tiny_ckpt, cat_jpg, tmp_path):
     out = tmp_path / "out.png"
     out.write_bytes(b"precious")

@@ -288,6 +288,8 @@ def test_16bit_tiff_keeps_icc_exif_and_pixels(tmp_path, endian):
     tifffile = pytest.importorskip("tifffile")  # (comes with scikit-image) a second, strict reader
     with tifffile.TiffFile(tmp_path / "out.tif") as f:
         assert f.pages[0].tags[34675].value == srgb_icc() and f.pages[0].shape == (32, 48, 3)
+        decoded = f.pages[0].asarray()  # deflate: no imagecodecs needed (LZW would)
+    assert np.array_equal(decoded.astype(np.float32) / 65535, img.rgb)
 
 
 @pytest.mark.parametrize("ext", [".tif", ".png", ".jpg"])

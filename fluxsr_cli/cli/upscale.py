@@ -50,4 +50,6 @@ def upscale(
         upscaler = load_upscaler(options, progress, notice=lambda m: console.print(f"[yellow]note:[/] {m}"))
         upscaler.progress = progress  # tiles and VAE passes report here
         result = upscale_file(src, output, upscaler.upscale_array, scale=scale, options=write)
+    for note in result.notes:  # what the output could not keep (alpha into JPEG, pages, CMYK, ...)
+        console.print(f"[yellow]note:[/] {note}", soft_wrap=True, highlight=False)
     out.print(f"wrote {output} ({result.out_size[0]}x{result.out_size[1]}) in {time.perf_counter() - start:.1f} s")
