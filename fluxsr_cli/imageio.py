@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import contextlib
 import io
+import math
 import struct
 import warnings
 import zlib
 from dataclasses import dataclass, field
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -51,6 +53,7 @@ class LoadedImage:
     path: Path
     notes: list[str] = field(default_factory=list)  # conversions made on the way in
     palette_size: int | None = None  # colours used, for palette ("P") inputs
+    dpi: tuple[float, float] | None = None  # (x, y) after orientation, as the file states it
 
     @property
     def size(self) -> tuple[int, int]:
@@ -141,8 +144,9 @@ def icc_colour_space(icc: bytes | None) -> str | None:
     return icc[16:20].decode("latin-1").strip()
 
 
-def png_with_chunks(png: bytes, icc: bytes | None, exif: bytes | None) -> bytes:
-    """Insert iCCP and eXIf chunks right after IHDR of an encoded PNG (used for 16-bit colour)."""
+def png_with_chunks(png: bytes, icc: bytes | None, exif: bytes | None,
+                    dpi: tuple[float, float] | None = None) -> bytes:
+    """Insert iCCP, eXIf and pHYs chunks right after IHDR of an encoded PNG (used for 16-bit colour)."""
 
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
@@ -152,6 +156,8 @@ def png_with_chunks(png: bytes, icc: bytes | None, exif: bytes | None) -> bytes:
         extra += chunk(b"iCCP", b"ICC profile\x00\x00" + zlib.compress(icc))
     if exif:
         extra += chunk(b"eXIf", exif[6:] if exif.startswith(b"Exif\x00\x00") else exif)
+    if dpi:  # pixels per metre, unit 1 (metre)
+        extra += chunk(b"pHYs", struct.pack(">IIB", round(dpi[0] / 0.0254), round(dpi[1] / 0.0254), 1))
     ihdr_end = 8 + 8 + 13 + 4  # signature, IHDR length+type, 13 data bytes, CRC
     return png[:ihdr_end] + extra + png[ihdr_end:]
 
@@ -200,6 +206,15 @@ def _relocated(blob: bytearray, at: int, base: int, seen: set[int]) -> list[byte
             value += base
         moved.append(struct.pack("<HHII", tag, typ, count, value))
     return moved
+
+
+def _dpi(value: object) -> tuple[float, float] | None:
+    """Pillow's ``info["dpi"]`` as two positive floats, or None."""
+    try:
+        x, y = (float(v) for v in value)  # type: ignore[union-attr]
+    except (TypeError, ValueError):
+        return None
+    return (x, y) if x > 0 and y > 0 and math.isfinite(x + y) else None
 
 
 def _tiff_exif(im: Image.Image) -> bytes | None:
@@ -275,13 +290,15 @@ def _exif_little_endian(exif: bytes) -> bytes:
     raise ValueError("EXIF is not a TIFF structure")
 
 
-def tiff_with_metadata(tiff: bytes, icc: bytes | None, exif: bytes | None) -> bytes:
+def tiff_with_metadata(tiff: bytes, icc: bytes | None, exif: bytes | None,
+                       dpi: tuple[float, float] | None = None) -> bytes:
     """A little-endian classic TIFF (OpenCV's) with ``icc`` and ``exif`` added to its first image.
 
     The pixel data stay where they are. Appended: the ICC profile (tag 34675); the EXIF structure,
     little-endian, with its offsets moved to where it now lies; and a copy of the first IFD that
     holds the profile, EXIF's :data:`METADATA_TAGS` the image does not set itself (camera, date,
-    artist, copyright, ...) and its Exif/GPS sub-IFD pointers (entries in tag order). The header is pointed at the new IFD. Raises
+    artist, copyright, ...) and its Exif/GPS sub-IFD pointers (entries in tag order), and
+    ``dpi`` as the resolution tags when the image has none. The header is pointed at the new IFD. Raises
     ValueError for anything else than a little-endian classic TIFF, or a malformed EXIF.
     """
     if tiff[:4] != b"II*\x00" or len(tiff) < 8:
@@ -294,13 +311,20 @@ def tiff_with_metadata(tiff: bytes, icc: bytes | None, exif: bytes | None) -> by
     if icc and len(icc) > 4:  # (a real profile has at least 128 bytes; 4 would sit inside the entry)
         new[TIFF_ICC_TAG] = struct.pack("<HHII", TIFF_ICC_TAG, 7, len(icc), len(out))  # 7: UNDEFINED
         out += icc + b"\0" * (len(icc) % 2)
+    own = {tag(x) for x in entries}
+    if dpi and not own & {282, 283, 296}:  # X/YResolution (RATIONAL), ResolutionUnit 2: inch
+        for code, value in ((282, dpi[0]), (283, dpi[1])):
+            ratio = Fraction(value).limit_denominator(10000)
+            new[code] = struct.pack("<HHII", code, 5, 1, len(out))
+            out += struct.pack("<II", ratio.numerator, ratio.denominator)
+        new[296] = struct.pack("<HHIHH", 296, 3, 1, 2, 0)
     if exif:
         blob = bytearray(_exif_little_endian(exif))
         if blob[:4] != b"II*\x00":
             raise ValueError("EXIF is not a TIFF structure")
-        base, own = len(out), {tag(x) for x in entries}
+        base = len(out)
         for entry in _relocated(blob, struct.unpack_from("<I", blob, 4)[0], base, set()):
-            if tag(entry) in METADATA_TAGS and tag(entry) not in own:  # the image's own tags win
+            if tag(entry) in METADATA_TAGS and tag(entry) not in own | new.keys():  # the image's own tags win
                 new[tag(entry)] = entry
         out += blob + b"\0" * (len(blob) % 2)
     kept = [x for x in entries if tag(x) not in new]
@@ -451,6 +475,7 @@ def read_image(path: str | Path) -> LoadedImage:
         palette_size = len(im.getcolors(256) or ()) or 256 if mode in PALETTE_MODES else None
         icc = im.info.get("icc_profile") or None
         exif = im.info.get("exif") or (_tiff_exif(im) if im.format == "TIFF" else None)
+        dpi = _dpi(im.info.get("dpi"))
         if isinstance(exif, bytes):
             exif = reset_orientation(exif)
         else:
@@ -467,9 +492,11 @@ def read_image(path: str | Path) -> LoadedImage:
     rgb = apply_orientation(rgb, orientation)
     if alpha is not None:
         alpha = apply_orientation(alpha, orientation)
+    if dpi and orientation >= 5:  # turned by a quarter: the axes trade places
+        dpi = (dpi[1], dpi[0])
     return LoadedImage(
         rgb=rgb.astype(np.float32, copy=False), alpha=alpha, mode=mode, bits=bits, icc_profile=icc,
-        exif=exif, format=fmt, path=path, notes=notes, palette_size=palette_size,
+        exif=exif, format=fmt, path=path, notes=notes, palette_size=palette_size, dpi=dpi,
     )
 
 
@@ -555,14 +582,17 @@ def write_image(
         notes.append("BMP cannot store ICC/EXIF metadata; dropped")
         icc = exif = None
 
+    dpi = like.dpi if like is not None else None  # kept as stated: the printed size grows with the scale
     if bits == 16 and (kind == "rgb" or alpha is not None):
-        data = _encode_16bit_colour(path, fmt, rgb, alpha, icc, exif, notes)
+        data = _encode_16bit_colour(path, fmt, rgb, alpha, icc, exif, notes, dpi if fmt != "BMP" else None)
         with atomic_path(path, overwrite=overwrite) as tmp:
             tmp.write_bytes(data)
         return notes
 
     im = _to_pillow(rgb, alpha, kind, bits, like)
     params: dict = {}
+    if dpi and fmt in ("PNG", "JPEG", "TIFF"):
+        params["dpi"] = dpi
     if icc:
         params["icc_profile"] = icc
     if exif:
@@ -623,7 +653,8 @@ def _to_pillow(rgb: np.ndarray, alpha: np.ndarray | None, kind: str, bits: int, 
 
 
 def _encode_16bit_colour(path: Path, fmt: str, rgb: np.ndarray, alpha: np.ndarray | None,
-                         icc: bytes | None, exif: bytes | None, notes: list[str]) -> bytes:
+                         icc: bytes | None, exif: bytes | None, notes: list[str],
+                         dpi: tuple[float, float] | None = None) -> bytes:
     """16-bit RGB(A) (which Pillow cannot write) through OpenCV; ICC (and EXIF for PNG) added by hand."""
     import cv2
 
@@ -637,10 +668,10 @@ def _encode_16bit_colour(path: Path, fmt: str, rgb: np.ndarray, alpha: np.ndarra
         raise InputError(f"{path}: OpenCV could not encode a 16-bit {fmt}; write PNG instead")
     data = buf.tobytes()
     if fmt == "PNG":
-        return png_with_chunks(data, icc, exif)
-    if icc:
+        return png_with_chunks(data, icc, exif, dpi)
+    if icc or dpi:
         try:
-            data = tiff_with_metadata(data, icc, None)
+            data = tiff_with_metadata(data, icc, None, dpi)
         except (ValueError, struct.error) as e:
-            notes.append(f"ICC profile not written ({e}); use PNG to keep it")
+            notes.append(f"ICC profile and resolution not written ({e}); use PNG to keep them")
     return _add_exif_to_tiff(data, exif, notes) if exif else data
