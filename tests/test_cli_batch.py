@@ -100,6 +100,8 @@ def test_batch_of_odd_files_then_resume(tmp_path, loads):
     assert result.exit_code == 1, result.output  # two bad files
     assert summary(result.stdout) == (12, 0, 2)
     assert "cut.jpg" in result.stdout and "truncated" in result.stdout and "empty file" in result.stdout
+    lines = result.stdout.splitlines()  # not a terminal: one greppable line per file, never wrapped
+    assert any(line.startswith("failed: raw/cut.jpg: ") and "truncated" in line for line in lines)
     assert len(loads) == 1 and loads[0].calls == 12  # one model for the whole batch
 
     def opened(rel: str) -> Image.Image:

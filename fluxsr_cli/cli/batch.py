@@ -102,7 +102,11 @@ def _print_plan(jobs, output: Path) -> None:
 
 def _print_report(report) -> None:
     problems = [f for f in report.files if f.status == "failed" or f.notes]
-    if problems:
+    if problems and not out.is_terminal:  # a log: one greppable line per file, never wrapped
+        for f in problems:
+            out.print(f"{f.status}: {f.rel or f.src}: {f.reason or '; '.join(f.notes)}", soft_wrap=True,
+                      markup=False)
+    elif problems:
         table = Table(title="files with failures or notes")
         for col in ("file", "status", "reason / notes"):
             table.add_column(col, overflow="fold")
