@@ -583,41 +583,39 @@ def write_image(
         icc = exif = None
 
     dpi = like.dpi if like is not None else None  # kept as stated: the printed size grows with the scale
-    if bits == 16 and (kind == "rgb" or alpha is not None):
-        data = _encode_16bit_colour(path, fmt, rgb, alpha, icc, exif, notes, dpi if fmt != "BMP" else None)
-        with atomic_path(path, overwrite=overwrite) as tmp:
-            tmp.write_bytes(data)
-        return notes
-
-    im = _to_pillow(rgb, alpha, kind, bits, like)
-    params: dict = {}
-    if dpi and fmt in ("PNG", "JPEG", "TIFF"):
-        params["dpi"] = dpi
-    if icc:
-        params["icc_profile"] = icc
-    if exif:
-        params["exif"] = exif
-    if fmt == "JPEG":
-        params.update(quality=int(quality), subsampling=0 if quality >= 90 else 2, optimize=False)
-        if exif and len(exif) > 65533:
-            notes.append("EXIF too large for JPEG; dropped")
-            params.pop("exif")
-    elif fmt == "WEBP":
-        params.update(quality=int(quality), lossless=quality >= 100, method=4)
-    elif fmt == "TIFF":
-        params["compression"] = "tiff_deflate"
-        if exif:  # libtiff cannot take EXIF with sub-IFDs (every camera's): added to the bytes after
-            params.pop("exif")
-            encoded = io.BytesIO()
-            im.save(encoded, format=fmt, **params)
-            data = _add_exif_to_tiff(encoded.getvalue(), exif, notes)
-            with atomic_path(path, overwrite=overwrite) as tmp:
-                tmp.write_bytes(data)
-            return notes
-    elif fmt == "PNG":
-        params["compress_level"] = 6
+    data: bytes | None = None  # encoded here (16-bit colour, TIFF with EXIF), else Pillow writes the file
+    if bits == 16 and (kind == "rgb" or alpha is not None):  # (16 bits only reach PNG and TIFF)
+        data = _encode_16bit_colour(path, fmt, rgb, alpha, icc, exif, notes, dpi)
+    else:
+        im = _to_pillow(rgb, alpha, kind, bits, like)
+        params: dict = {}
+        if dpi and fmt in ("PNG", "JPEG", "TIFF"):
+            params["dpi"] = dpi
+        if icc:
+            params["icc_profile"] = icc
+        if exif:
+            params["exif"] = exif
+        if fmt == "JPEG":
+            params.update(quality=int(quality), subsampling=0 if quality >= 90 else 2, optimize=False)
+            if exif and len(exif) > 65533:
+                notes.append("EXIF too large for JPEG; dropped")
+                params.pop("exif")
+        elif fmt == "WEBP":
+            params.update(quality=int(quality), lossless=quality >= 100, method=4)
+        elif fmt == "TIFF":
+            params["compression"] = "tiff_deflate"
+            if exif:  # libtiff cannot take EXIF with sub-IFDs (every camera's): added to the bytes after
+                params.pop("exif")
+                encoded = io.BytesIO()
+                im.save(encoded, format=fmt, **params)
+                data = _add_exif_to_tiff(encoded.getvalue(), exif, notes)
+        elif fmt == "PNG":
+            params["compress_level"] = 6
     with atomic_path(path, overwrite=overwrite) as tmp:
-        im.save(tmp, format=fmt, **params)
+        if data is not None:
+            tmp.write_bytes(data)
+        else:
+            im.save(tmp, format=fmt, **params)
     return notes
 
 
