@@ -64,6 +64,9 @@ def place_models(transformer: torch.nn.Module, vae: torch.nn.Module, device: tor
             cpu_offload_with_hook(vae, device)
         else:
             raise ValueError(f"offload must be none, model or sequential, got {offload!r}")
+    from fluxsr_cli.attention import use_blockwise_attention
+
+    use_blockwise_attention(vae)  # the VAE's single 512-wide attention head: plain matmuls on CUDA
     if getattr(options, "compile", False):
         # PyTorch's automatic dynamic shapes: the first shape compiles static; a second shape (another
         # image size in a batch, or the last, smaller group of --tile-batch) recompiles once with

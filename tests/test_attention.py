@@ -1,0 +1,80 @@
+"""Blockwise attention equals PyTorch's fused attention; the processor swaps in only where asked."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fluxsr_cli import memory
+from fluxsr_cli import vae as vae_lib
+from fluxsr_cli.architectures import TINY_TRANSFORMER, TINY_VAE, build_transformer, build_vae
+from fluxsr_cli.attention import BlockwiseAttnProcessor, blockwise_attention, use_blockwise_attention
+from fluxsr_cli.restore import UpscaleOptions
+
+
+@pytest.mark.parametrize("budget", [1, 7 * 37 * 4 * 2 * 3, 10**9])  # one row per block, 7 rows (uneven), all
+def test_blockwise_attention_equals_sdpa(budget):
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(2, 3, 50, 16, generator=g) * 3  # large logits: the softmax is far from uniform
+    k = torch.randn(2, 3, 37, 16, generator=g)
+    v = torch.randn(2, 3, 37, 24, generator=g)  # values wider than keys
+    out = blockwise_attention(q, k, v, max_score_bytes=budget)
+    ref = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+    assert out.shape == (2, 3, 50, 24)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+
+
+def _vae_pass(vae: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    z = vae_lib.encode(vae, x)
+    return z, vae_lib.decode(vae, z)
+
+
+def test_processor_on_the_vae_gives_the_same_latents_and_pixels():
+    vae = build_vae(TINY_VAE, seed=3)
+    x = torch.rand(1, 3, 96, 64, generator=torch.Generator().manual_seed(1))
+    z_ref, x_ref = _vae_pass(vae, x)
+    calls = []
+    processor = BlockwiseAttnProcessor(max_score_bytes=1024, min_head_dim=1, devices=("cpu",))
+    processor.fallback = lambda *a, **k: calls.append(1)  # must not be reached: blockwise takes these calls
+    vae.set_attn_processor(processor)
+    z, out = _vae_pass(vae, x)
+    assert calls == []
+    torch.testing.assert_close(z, z_ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out, x_ref, atol=1e-5, rtol=1e-5)
+
+
+def test_processor_keeps_global_group_norm_statistics_of_tiled_vae():
+    """The tiled VAE fixes every GroupNorm, the attention's own included: still the same numbers."""
+    vae = build_vae(TINY_VAE, seed=3)
+    x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(2))
+    stats = vae_lib.record_group_norm(vae.encoder, lambda: vae_lib.encode(vae, x[..., :32, :]))
+    with vae_lib.fixed_group_norm(vae.encoder, stats):
+        ref = vae_lib.encode(vae, x)
+    use_blockwise_attention(vae, min_head_dim=1, devices=("cpu",), max_score_bytes=256)
+    with vae_lib.fixed_group_norm(vae.encoder, stats):
+        out = vae_lib.encode(vae, x)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_default_processor_leaves_narrow_heads_and_the_cpu_to_diffusers():
+    vae = build_vae(TINY_VAE, seed=3)  # 16-wide head on the CPU: not taken over
+    attn = vae.encoder.mid_block.attentions[0]
+    processor = BlockwiseAttnProcessor()
+    h = torch.randn(1, 16, 4, 4)
+    assert not processor.handles(attn, h, None, None)
+    assert not BlockwiseAttnProcessor(min_head_dim=1).handles(attn, h, None, None)  # CPU only with devices=
+    assert BlockwiseAttnProcessor(min_head_dim=1, devices=("cpu",)).handles(attn, h, None, None)
+    assert not BlockwiseAttnProcessor(min_head_dim=1, devices=("cpu",)).handles(attn, h, None, torch.ones(1, 16, 16))
+    x = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    z_ref, x_ref = _vae_pass(vae, x)
+    vae.set_attn_processor(processor)
+    z, out = _vae_pass(vae, x)
+    assert torch.equal(z, z_ref) and torch.equal(out, x_ref)  # the same kernel ran
+
+
+def test_place_models_gives_the_vae_the_blockwise_processor():
+    t, v = build_transformer(TINY_TRANSFORMER), build_vae(TINY_VAE)
+    memory.place_models(t, v, torch.device("cpu"), UpscaleOptions())
+    kinds = {type(p).__name__ for p in v.attn_processors.values()}
+    assert kinds == {"BlockwiseAttnProcessor"}
+    assert all(type(p).__name__ != "BlockwiseAttnProcessor" for p in t.attn_processors.values())
