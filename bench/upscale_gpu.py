@@ -50,23 +50,39 @@ def vae_flops(vae_config: dict, size: int) -> float:
 
 
 def vae_attention_seconds(torch, device, dtype, size: int) -> dict[str, str]:
-    """Seconds of one SDPA call shaped like the VAE mid-block attention of a ``size`` px image, per backend."""
+    """Seconds of one attention shaped like the VAE mid-block attention of a ``size`` px image, per SDPA
+    backend and for fluxsr's blockwise matmuls (with its largest deviation from the efficient kernel)."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
+    from fluxsr_cli.attention import blockwise_attention
+
     tokens = (size // 8) ** 2
-    q, k, v = (torch.randn(1, 1, tokens, 512, device=device, dtype=dtype) for _ in range(3))
-    found = {}
-    for backend in (SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.CUDNN_ATTENTION):
-        try:
+    g = torch.Generator(device).manual_seed(0)
+    q, k, v = (torch.randn(1, 1, tokens, 512, device=device, dtype=dtype, generator=g) for _ in range(3))
+    found, outputs = {}, {}
+
+    def sdpa(backend):
+        def call():
             with sdpa_kernel(backend):
-                torch.nn.functional.scaled_dot_product_attention(q, k, v)
-                torch.cuda.synchronize()
-                t0 = time.perf_counter()
-                torch.nn.functional.scaled_dot_product_attention(q, k, v)
-                torch.cuda.synchronize()
-            found[backend.name.lower()] = f"{time.perf_counter() - t0:.3f}"
+                return torch.nn.functional.scaled_dot_product_attention(q, k, v)
+        return call
+
+    candidates = {b.name.lower(): sdpa(b) for b in (SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION,
+                                                     SDPBackend.CUDNN_ATTENTION)}
+    candidates["blockwise"] = lambda: blockwise_attention(q, k, v)
+    for name, call in candidates.items():
+        try:
+            call()
+            torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            outputs[name] = call()
+            torch.cuda.synchronize()
+            found[name] = f"{time.perf_counter() - t0:.3f}"
         except RuntimeError as error:
-            found[backend.name.lower()] = f"n/a ({str(error).splitlines()[0][:60]})"
+            found[name] = f"n/a ({str(error).splitlines()[0][:60]})"
+    if "blockwise" in outputs and "efficient_attention" in outputs:
+        deviation = (outputs["blockwise"].float() - outputs["efficient_attention"].float()).abs().max().item()
+        found["blockwise vs efficient, max abs difference"] = f"{deviation:.2e}"
     return found
 
 
@@ -76,6 +92,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--no-compile", action="store_true")
     parser.add_argument("--sizes", default="1024,4096")
+    parser.add_argument("--budget", type=float, default=420.0,
+                        help="seconds: the optional rows are skipped as the script nears this")
     args = parser.parse_args()
 
     import torch
@@ -189,34 +207,58 @@ def main() -> None:
 
     base = UpscaleOptions(device=str(device), tile=str(tile), color_fix="wavelet")
     vae_tiled = replace(base, vae_tile=str(tile))  # the VAE in transformer-sized tiles, two passes
-    place_models(transformer, vae, device, base)
+    place_models(transformer, vae, device, base)  # gives the VAE fluxsr's blockwise attention
     big = max(sizes)
+
+    def elapsed() -> float:
+        return time.perf_counter() - start_all
+
+    def row(label: str, options: UpscaleOptions, size: int, context=contextlib.nullcontext,
+            until: float = float("inf")) -> None:
+        """One table row; an experiment that fails or finds no time left costs only its row."""
+        if elapsed() > until:
+            print(f"skipped {label} at {size} px: {elapsed():.0f} s used (limit {until:.0f} s)", flush=True)
+            return
+        try:
+            run(label, options, size, context)
+        except Exception as error:  # noqa: BLE001
+            print(f"{label} at {size} px failed: {type(error).__name__}: {str(error).splitlines()[0][:200]}",
+                  flush=True)
+
+    @contextlib.contextmanager
+    def fused_vae_attention():  # the VAE attention as diffusers runs it: PyTorch SDPA
+        from diffusers.models.attention_processor import AttnProcessor2_0
+
+        from fluxsr_cli.attention import use_blockwise_attention
+
+        vae.set_attn_processor(AttnProcessor2_0())
+        try:
+            yield
+        finally:
+            use_blockwise_attention(vae)
+
     for size in sizes:
-        run("eager", base, size)
+        row("eager", base, size)
     if device.type == "cuda":  # cuDNN attention first (Hopper), then the default order
         from torch.nn.attention import SDPBackend, sdpa_kernel
 
         order = [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION,
                  SDPBackend.MATH]
         for size in sizes:
-            try:  # an experiment: never let it cost the rest of the table
-                run("eager, cuDNN attention", base, size, lambda: sdpa_kernel(order, set_priority=True))
-            except Exception as error:  # noqa: BLE001
-                print(f"cuDNN attention at {size} px failed: {str(error).splitlines()[0][:200]}", flush=True)
+            row("eager, cuDNN attention first", base, size, lambda: sdpa_kernel(order, set_priority=True),
+                until=args.budget * 0.3)
     if not args.no_compile:
         place_models(transformer, vae, device, replace(base, compile=True))
         for size in sizes:
-            run("compiled", base, size)
-        run("compiled", vae_tiled, big)
-        if time.perf_counter() - start_all < 300:  # a new batch shape recompiles; only with time to spare
-            run("compiled", replace(base, tile_batch=4), big)
-        if time.perf_counter() - start_all < 360:  # an experiment: the VAE's convolutions in NHWC
+            row("compiled", base, size)
+        for size in sizes:
+            row("compiled, VAE attention by SDPA", base, size, fused_vae_attention, until=args.budget * 0.55)
+        row("compiled", vae_tiled, big, until=args.budget * 0.6)
+        row("compiled", replace(base, tile_batch=4), big, until=args.budget * 0.7)  # a new batch shape recompiles
+        if elapsed() < args.budget * 0.85:  # an experiment: the VAE's convolutions in NHWC
             vae.to(memory_format=torch.channels_last)
-            try:
-                for size in sizes:
-                    run("compiled, VAE channels-last", base, size)
-            except Exception as error:  # noqa: BLE001
-                print(f"channels-last VAE failed: {str(error).splitlines()[0][:200]}", flush=True)
+            for size in sizes:
+                row("compiled, VAE channels-last", base, size, until=args.budget * 0.85)
             vae.to(memory_format=torch.contiguous_format)
     try:
         attention = vae_attention_seconds(torch, device, dtype, big) if device.type == "cuda" else {}

@@ -1,0 +1,166 @@
+"""Correctness checks for a CUDA machine (a script, not tests: CI has no GPU).
+
+The tiny random FLUX stack, saved in the real formats and loaded through ``load_upscaler``, upscales
+the same photo crop on CUDA and on the CPU in float32 (TF32 off); every upscale path must agree:
+whole image, latent tiles, tiled VAE, pixel tiles, AdaIN, batched tiles, both offload modes, the
+blockwise VAE attention forced on. Then: bf16 on CUDA against float32 on the CPU (reported only); a
+real CUDA out-of-memory (a per-process memory cap) must halve the tile, say so and still finish; and
+``fluxsr upscale`` / ``fluxsr batch`` run on CUDA from a local Hugging Face cache in offline mode.
+Prints one line per check and a summary; exit code 1 if any check failed. About a minute.
+
+    python bench/gpu_checks.py
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+GPU = os.environ.get("GPU_CHECKS_DEVICE", "cuda")  # "cpu": a dry run of this script's own code anywhere
+
+
+def main() -> int:
+    import numpy as np
+    import torch
+    from PIL import Image
+    from skimage import data
+
+    from fluxsr_cli.restore import UpscaleOptions, load_upscaler
+    from fluxsr_cli.tiny import add_to_hub_cache, save_tiny_base, save_tiny_checkpoint
+
+    if GPU == "cuda" and not torch.cuda.is_available():
+        print("no CUDA device: nothing to check")
+        return 2
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    root = Path(tempfile.mkdtemp(prefix="fluxsr-gpu-"))
+    base = save_tiny_base(root / "base")
+    ckpt = save_tiny_checkpoint(root / "ckpt", base)
+    lq = data.astronaut()[100:172, 150:238].astype(np.float32) / 255.0  # 72 x 88 -> 288 x 352
+    results: list[tuple[str, bool, str]] = []
+
+    def check(name: str, fn) -> None:
+        t0 = time.perf_counter()
+        try:
+            ok, detail = fn()
+        except Exception as error:  # noqa: BLE001 - a failed check is reported, the others still run
+            ok, detail = False, f"{type(error).__name__}: {str(error).splitlines()[0][:300]}"
+            traceback.print_exc()
+        results.append((name, ok, detail))
+        print(f"{'ok  ' if ok else 'FAIL'} {name}: {detail} ({time.perf_counter() - t0:.1f} s)", flush=True)
+
+    def upscale(device: str, **kw) -> np.ndarray:
+        options = UpscaleOptions(model=str(ckpt), device=device, dtype=kw.pop("dtype", "fp32"), **kw)
+        return load_upscaler(options).upscale_array(lq)
+
+    def same(tolerance: float, **kw):
+        def run():
+            cpu, gpu = upscale("cpu", **kw), upscale(GPU, **kw)
+            diff = float(np.abs(cpu - gpu).max())
+            return diff <= tolerance, f"max |cuda - cpu| {diff:.2e} (tolerance {tolerance:.0e}), shape {gpu.shape}"
+        return run
+
+    paths = {
+        "whole image": {},
+        "latent tiles 128 px": {"tile": "128"},
+        "latent tiles, tiled VAE 128 px": {"tile": "128", "vae_tile": "128"},
+        "pixel tiles 128 px": {"tile": "128", "tile_space": "pixel"},
+        "AdaIN colour fix, tiles": {"tile": "128", "color_fix": "adain"},
+        "tile batch 3": {"tile": "128", "tile_batch": 3},
+        "gaussian blend, overlap 32": {"tile": "128", "overlap": 32, "blend": "gaussian"},
+    }
+    for name, kw in paths.items():
+        check(f"CUDA == CPU, {name}", same(1e-4, **kw))
+    for offload in ("model", "sequential"):
+        def hooked(offload=offload):
+            plain, gpu = upscale(GPU, tile="128"), upscale(GPU, tile="128", offload=offload)
+            diff = float(np.abs(plain - gpu).max())
+            return diff <= 1e-5, f"max |offload - none| {diff:.2e} on CUDA"
+        check(f"--offload {offload} on CUDA", hooked)
+
+    def blockwise():
+        from fluxsr_cli import vae as vae_lib
+        from fluxsr_cli.attention import use_blockwise_attention
+        from fluxsr_cli.checkpoint import load_vae
+
+        vae = load_vae(base, torch.float32).to(GPU)
+        x = torch.from_numpy(np.ascontiguousarray(data.astronaut()[:256, :256])).permute(2, 0, 1)[None].to(GPU) / 255
+        ref = vae_lib.decode(vae, vae_lib.encode(vae, x))
+        use_blockwise_attention(vae, min_head_dim=1, max_score_bytes=2**20, devices=(torch.device(GPU).type,))  # many blocks
+        out = vae_lib.decode(vae, vae_lib.encode(vae, x))
+        diff = (out - ref).abs().max().item()
+        return diff <= 1e-4, f"tiny VAE round trip, blockwise vs SDPA attention: max difference {diff:.2e}"
+    check("blockwise VAE attention on CUDA", blockwise)
+
+    def bf16():
+        cpu, gpu = upscale("cpu"), upscale(GPU, dtype="bf16")
+        diff = np.abs(cpu - gpu)
+        return True, f"bf16 CUDA vs fp32 CPU: mean {diff.mean():.4f}, max {diff.max():.4f} (reported, not judged)"
+    check("bf16 on CUDA", bf16)
+
+    def out_of_memory():
+        big = np.ascontiguousarray(np.resize(lq, (512, 512, 3)))  # -> 2048 px output, one 2048 px tile
+        notices: list[str] = []
+        options = UpscaleOptions(model=str(ckpt), device="cuda", dtype="fp32", tile="2048")
+        up = load_upscaler(options, notice=notices.append)
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        whole = up.upscale_array(big)
+        peak = torch.cuda.max_memory_allocated()
+        total = torch.cuda.get_device_properties(0).total_memory
+        torch.cuda.empty_cache()
+        torch.cuda.set_per_process_memory_fraction(0.5 * peak / total)  # a card with half of what it took
+        try:
+            capped = up.upscale_array(big)
+        finally:
+            torch.cuda.set_per_process_memory_fraction(1.0)
+        diff = float(np.abs(capped - whole).mean())
+        ok = bool(notices) and capped.shape == whole.shape
+        return ok, (f"whole peak {peak / 2**20:.0f} MiB, capped at half; notices {notices}; "
+                    f"mean |capped - whole| {diff:.4f}")
+    if GPU == "cuda":
+        check("CUDA out-of-memory halves the tile and says so", out_of_memory)
+
+    def cli():
+        import huggingface_hub.constants as constants
+        from typer.testing import CliRunner
+
+        from fluxsr_cli.cli import app
+
+        cache = root / "hub"
+        add_to_hub_cache(cache, "fluxsr-test/tiny-flux", base)
+        add_to_hub_cache(cache, "fluxsr-test/tiny-fluxsr", save_tiny_checkpoint(root / "hubckpt", "fluxsr-test/tiny-flux"))
+        constants.HF_HUB_CACHE, constants.HF_HUB_OFFLINE = str(cache), True
+        os.environ["HF_HUB_OFFLINE"] = "1"
+        photos = root / "photos"
+        photos.mkdir()
+        for name, image in (("astronaut.png", data.astronaut()[::8, ::8]), ("coffee.jpg", data.coffee()[::8, ::8])):
+            Image.fromarray(image).save(photos / name)
+        runner = CliRunner()
+        one = runner.invoke(app, ["upscale", str(photos / "astronaut.png"), "-o", str(root / "one.png"),
+                                  "--model", "fluxsr-test/tiny-fluxsr", "--device", GPU])
+        many = runner.invoke(app, ["batch", str(photos), "-o", str(root / "out"), "--model",
+                                   "fluxsr-test/tiny-fluxsr", "--device", GPU, "--tile", "128"])
+        info = runner.invoke(app, ["info"])
+        outputs = sorted(p.name for p in (root / "out").iterdir()) if (root / "out").exists() else []
+        ok = one.exit_code == 0 and many.exit_code == 0 and info.exit_code == 0 and len(outputs) >= 2
+        if not ok:
+            print(one.output, many.output, info.output, sep="\n---\n")
+        sizes = Image.open(root / "one.png").size if (root / "one.png").exists() else None
+        return ok, f"upscale -> {sizes}, batch -> {outputs}, info exit {info.exit_code}"
+    check("fluxsr upscale / batch / info on CUDA from an offline Hub cache", cli)
+
+    failed = [name for name, ok, _ in results if not ok]
+    where = torch.cuda.get_device_name() if GPU == "cuda" else GPU
+    print(f"\n{len(results) - len(failed)} of {len(results)} checks passed on {where}"
+          + (f"; failed: {', '.join(failed)}" if failed else ""))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
