@@ -72,6 +72,11 @@ def place_models(transformer: torch.nn.Module, vae: torch.nn.Module, device: tor
         # image size in a batch, or the last, smaller group of --tile-batch) recompiles once with
         # dynamic sizes, and later shapes reuse that. dynamic=False recompiled for every image size.
         transformer.compile(dynamic=None)
+        # the VAE's encoder and decoder too (its offload hook, if any, sits on the whole VAE, outside):
+        # measured on an H200 at 1024 px, encode + decode 129 ms -> 48 ms. The tiled VAE runs them
+        # eagerly (vae.eager): its GroupNorm hooks and patches are Python.
+        vae.encoder.compile(dynamic=None)
+        vae.decoder.compile(dynamic=None)
 
 
 def free_memory() -> None:

@@ -298,8 +298,9 @@ class Upscaler:
         def one_tile(x: torch.Tensor) -> torch.Tensor:  # [n, 3, T, T] -> [n, 3, T, T] px
             with vae_lib.fixed_group_norm(self.vae.encoder, enc_stats):
                 z_l = self.encode(x)
+            z_0 = self.restore_latent(z_l)  # outside the blocks, which run compiled modules eagerly
             with vae_lib.fixed_group_norm(self.vae.decoder, dec_stats):
-                return self.decode(self.restore_latent(z_l)).cpu()
+                return self.decode(z_0).cpu()
 
         return tiled_apply(one_tile, read, grid, in_factor=VAE_FACTOR, out_factor=VAE_FACTOR, stage="tiles",
                            **geometry)

@@ -50,6 +50,15 @@ def decode(vae: torch.nn.Module, z: torch.Tensor) -> torch.Tensor:
 
 
 # -- global GroupNorm statistics ---------------------------------------------------------------------
+def eager():
+    """A context in which modules compiled with ``--compile`` run eagerly (the tiled VAE's passes).
+
+    The tiled VAE hooks and patches the GroupNorms for its two passes; that is Python that a compiled
+    encoder or decoder would trace again and again. Compilation pays off for whole images only.
+    """
+    return torch.compiler.set_stance("force_eager")
+
+
 def _group_norms(module: torch.nn.Module) -> dict[str, torch.nn.GroupNorm]:
     return {name: m for name, m in module.named_modules() if isinstance(m, torch.nn.GroupNorm)}
 
@@ -80,7 +89,8 @@ def record_group_norm(module: torch.nn.Module, run: Callable[[], object]) -> Gro
 
     handles = [gn.register_forward_hook(hook(name, gn)) for name, gn in _group_norms(module).items()]
     try:
-        run()
+        with eager():  # a compiled encoder or decoder would not run the hooks as Python
+            run()
     finally:
         for handle in handles:
             handle.remove()
@@ -132,7 +142,8 @@ def fixed_group_norm(module: torch.nn.Module, stats: GroupNormStats) -> Iterator
     try:
         for name, gn in norms.items():
             gn.forward = _fixed_forward(gn, *stats[name])
-        yield
+        with eager():  # patched forwards in a compiled encoder or decoder would recompile per block
+            yield
     finally:
         for name, gn in norms.items():
             if saved[name] is None:

@@ -234,5 +234,37 @@ def test_compile_wraps_the_transformer(tiny_ckpt, monkeypatch):
     monkeypatch.setattr(torch.nn.Module, "compile", lambda self, **kw: asked.append(kw) or real(self, **kw))
     memory.place_models(t, v, torch.device("cpu"), UpscaleOptions(compile=True))
     assert t._compiled_call_impl is not None and v._compiled_call_impl is None
+    assert v.encoder._compiled_call_impl is not None and v.decoder._compiled_call_impl is not None
     # automatic dynamic shapes: not one compilation per image size (dynamic=False did that)
-    assert asked == [{"dynamic": None}]
+    assert asked == [{"dynamic": None}] * 3
+
+
+class _Graphs(list):
+    """A torch.compile backend that records each graph it is given and runs it as traced."""
+
+    def __call__(self, gm, example_inputs):
+        self.append(gm)
+        return gm.forward
+
+
+def test_tiled_vae_runs_a_compiled_vae_eagerly_with_the_same_result():
+    from fluxsr_cli.architectures import TINY_VAE, build_vae
+
+    vae = build_vae(TINY_VAE, seed=3)
+    x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    reference = vae_lib.encode_tiled(vae, x, (64, 64), tile=32, overlap=16)
+    graphs = _Graphs()
+    vae.encoder.compile(backend=graphs, dynamic=None)
+    tiled = vae_lib.encode_tiled(vae, x, (64, 64), tile=32, overlap=16)
+    assert graphs == []  # hooks and patched GroupNorms ran as Python, nothing was traced
+    assert torch.equal(tiled, reference)
+    vae_lib.encode(vae, x)
+    assert len(graphs) >= 1  # a whole image does run compiled
+
+
+def test_pixel_tiles_keep_the_compiled_transformer(tiny_ckpt, lq):
+    up = load_upscaler(_opts(tiny_ckpt, tile="128", tile_space="pixel"))
+    graphs = _Graphs()
+    up.transformer.compile(backend=graphs, dynamic=None)
+    up.upscale_array(lq)
+    assert len(graphs) >= 1  # the transformer ran outside the VAE's eager blocks
