@@ -20,6 +20,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tiny", action="store_true", help="tiny random stack on the CPU (crash test)")
     parser.add_argument("--size", type=int, default=1024, help="output pixels (square)")
+    parser.add_argument("--modes", default="model:1024,model:512,sequential:1024", help="offload:tile, ...")
+    parser.add_argument("--runs", type=int, default=2)
     args = parser.parse_args()
 
     import torch
@@ -52,7 +54,8 @@ def main() -> None:
     lq = torch.rand(1, 3, size // 4, size // 4, generator=torch.Generator().manual_seed(0))
 
     rows = []
-    for offload, tile in (("model", size), ("model", size // 2), ("sequential", size)):
+    modes = [(m.split(":")[0], min(int(m.split(":")[1]), size)) for m in args.modes.split(",")]
+    for offload, tile in modes:
         options = UpscaleOptions(device=str(device), tile=str(tile), offload=offload)
         try:
             place_models(transformer, vae, device, options)
@@ -61,7 +64,7 @@ def main() -> None:
                 torch.cuda.empty_cache()
                 torch.cuda.reset_peak_memory_stats(device)
             seconds = []
-            for _ in range(2):
+            for _ in range(args.runs):
                 t0 = time.perf_counter()
                 up.upscale_tensor(lq)
                 if device.type == "cuda":
