@@ -3,7 +3,7 @@
 The tiny random FLUX stack, saved in the real formats and loaded through ``load_upscaler``, upscales
 the same photo crop on CUDA and on the CPU in float32 (TF32 off); every upscale path must agree:
 whole image, latent tiles, tiled VAE, pixel tiles, AdaIN, batched tiles, both offload modes, the
-blockwise VAE attention forced on. Then: bf16 on CUDA against float32 on the CPU (reported only); a
+blockwise VAE attention forced on; the blockwise attention's bf16 precision against float64. Then: bf16 on CUDA against float32 on the CPU (reported only); a
 real CUDA out-of-memory (a per-process memory cap) must halve the tile, say so and still finish; and
 ``fluxsr upscale`` / ``fluxsr batch`` run on CUDA from a local Hugging Face cache in offline mode.
 Prints one line per check and a summary; exit code 1 if any check failed. About a minute.
@@ -96,6 +96,22 @@ def main() -> int:
         diff = (out - ref).abs().max().item()
         return diff <= 1e-4, f"tiny VAE round trip, blockwise vs SDPA attention: max difference {diff:.2e}"
     check("blockwise VAE attention on CUDA", blockwise)
+
+    def blockwise_precision():
+        from fluxsr_cli.attention import blockwise_attention, float32_scores_supported
+
+        g = torch.Generator(GPU).manual_seed(0)
+        q = (torch.randn(1, 1, 4096, 512, generator=g, device=GPU) * 10).bfloat16()  # peaked attention
+        k, v = (torch.randn(1, 1, 4096, 512, generator=g, device=GPU).bfloat16() for _ in range(2))
+        exact = torch.nn.functional.scaled_dot_product_attention(q.double(), k.double(), v.double())
+        rms = exact.pow(2).mean().sqrt()
+        errors = {"blockwise": blockwise_attention(q, k, v, max_score_bytes=2**24),
+                  "sdpa": torch.nn.functional.scaled_dot_product_attention(q, k, v)}
+        errors = {name: ((out.double() - exact).pow(2).mean().sqrt() / rms).item() for name, out in errors.items()}
+        direct = float32_scores_supported(torch.device(GPU).type, torch.bfloat16)
+        return errors["blockwise"] < 4e-3, (f"bf16 -> float32 scores directly: {direct}; rms error against float64, "
+                                            f"blockwise {errors['blockwise']:.2e}, SDPA {errors['sdpa']:.2e}")
+    check("blockwise attention precision in bf16", blockwise_precision)
 
     def bf16():
         cpu, gpu = upscale("cpu"), upscale(GPU, dtype="bf16")

@@ -2,14 +2,15 @@
 
 Builds the FLUX.1-dev transformer (11.9B) and VAE from their configs (``fluxsr_cli.architectures``)
 with random bf16 weights directly on the GPU (no download), random fixed embeddings [1, 512, 4096] /
-[1, 768], then times 1024 px and 4096 px outputs (x4) through ``Upscaler`` eager and compiled, with
-``--tile-batch`` 1 and 4, with the VAE whole or tiled, with cuDNN attention preferred and with the
-VAE in channels-last memory format (the last two are experiments): wall seconds (warm, best of N) split into
-VAE encode, transformer, VAE decode, colour fix and the rest, tiles, peak GPU memory
-and achieved TFLOP/s by METHOD.md section 10 (linear 1368 d^2 S + attention 57 * 4 S^2 d per call,
-S = image + 512 text tokens) and, where the VAE ran whole, its TFLOP/s (FLOPs counted by
-``torch.utils.flop_counter`` on the meta device), and the time of the VAE's mid-block attention
-alone per SDPA backend.
+[1, 768], then times 1024 px and 4096 px outputs (x4) through ``Upscaler``: eager and compiled (the
+transformer, the VAE encoder and decoder), with ``--tile-batch`` 1 and 4, with the VAE whole or
+tiled, with cuDNN attention preferred (an experiment) and with the VAE's attention through PyTorch
+SDPA instead of fluxsr's blockwise matmuls. Reports wall seconds (warm, best of N) split into VAE
+encode, transformer, VAE decode, colour fix and the rest; tiles; peak GPU memory; transformer
+TFLOP/s by METHOD.md section 10 (linear 1368 d^2 S + attention 57 * 4 S^2 d per call, S = image +
+512 text tokens) and, where the VAE ran whole, its TFLOP/s (FLOPs counted by
+``torch.utils.flop_counter`` on the meta device); and the time of the VAE's mid-block attention
+alone per SDPA backend and blockwise. Optional rows are skipped as the script nears ``--budget``.
 Prints a markdown table and writes it to $OUT/upscale_gpu.md when $OUT is set. Designed to finish in
 under 8 minutes on an H100; ``--tiny`` runs the same code with the tiny stack on the CPU in seconds.
 
@@ -80,6 +81,9 @@ def vae_attention_seconds(torch, device, dtype, size: int) -> dict[str, str]:
             found[name] = f"{time.perf_counter() - t0:.3f}"
         except RuntimeError as error:
             found[name] = f"n/a ({str(error).splitlines()[0][:60]})"
+    from fluxsr_cli.attention import float32_scores_supported
+
+    found["bf16 into float32 scores directly"] = str(float32_scores_supported(device.type, dtype))
     if "blockwise" in outputs and "efficient_attention" in outputs:
         deviation = (outputs["blockwise"].float() - outputs["efficient_attention"].float()).abs().max().item()
         found["blockwise vs efficient, max abs difference"] = f"{deviation:.2e}"
@@ -261,11 +265,7 @@ def main() -> None:
             row("compiled", base, size)
         row("compiled", replace(base, tile_batch=4), big, until=args.budget * 0.6)  # a new batch shape recompiles
         row("compiled", vae_tiled, big, until=args.budget * 0.8)
-        if elapsed() < args.budget * 0.85:  # an experiment: the VAE's convolutions in NHWC
-            vae.to(memory_format=torch.channels_last)
-            for size in sizes:
-                row("compiled, VAE channels-last", base, size, until=args.budget * 0.85)
-            vae.to(memory_format=torch.contiguous_format)
+        # (channels-last VAE tensors were tried: 1.5x slower on an H200, bench/vae_gpu.py)
 
     lines = [f"Device: {name}; FLUX.1-dev architecture, random bf16 weights; tile {tile} px, overlap "
              f"{default_overlap(tile)} px, wavelet colour fix; warm, best of {args.repeats}.", "",
