@@ -142,7 +142,9 @@ class BicubicSource:
     Tiles are read row by row, and every tile of a row has the same rows: the band of those rows is
     upsampled once, across the whole width, and the tiles are sliced out of it (instead of upsampling
     each tile's crop, which for overlapping tiles repeats most of the work). A band larger than
-    ``max_band_bytes`` is not kept: each box is then made on its own (:func:`bicubic_crop`).
+    ``max_band_bytes`` is not kept: each box is then made on its own (:func:`bicubic_crop`). When
+    the whole padded upscale fits ``max_band_bytes`` it is made once, on the first read, and kept
+    (:attr:`whole_fits`): the passes of a tiled VAE and the colour fix then all slice one image.
     """
 
     def __init__(self, lq: torch.Tensor, scale: int, size: tuple[int, int], max_band_bytes: int = 64 * 2**20) -> None:
@@ -154,7 +156,17 @@ class BicubicSource:
         """Drop the kept band."""
         self.rows, self.band = None, None
 
+    @property
+    def whole_fits(self) -> bool:
+        """Whether the whole padded upscale fits the band budget (then it is made once and kept)."""
+        return self.size[0] * self.size[1] * self.lq.shape[1] * 4 <= self.max_band_bytes
+
     def __call__(self, box: Box) -> torch.Tensor:
+        if self.whole_fits:  # one band: the whole image
+            if self.rows is None:
+                self.band = bicubic_crop(self.lq, self.scale, self.size, Box(0, 0, *self.size))
+                self.rows = (0, self.size[0])
+            return self.band[..., box.top:box.top + box.height, box.left:box.left + box.width]
         if box.height * self.size[1] * self.lq.shape[1] * 4 > self.max_band_bytes:
             return bicubic_crop(self.lq, self.scale, self.size, box)
         if self.rows is None or not self.rows[0] <= box.top <= box.top + box.height <= self.rows[1]:
@@ -249,7 +261,7 @@ class Upscaler:
         geometry = dict(tile=tile // VAE_FACTOR, overlap=overlap // VAE_FACTOR, blend=o.blend, batch=o.tile_batch,
                         multiple=2, progress=self.progress)  # whole tokens (2x2 latent cells) per tile
         lq = lq.to(self.device)
-        band_bytes = 64 * 2**20 if lq.device.type == "cpu" else 1 << 30  # GPU memory is not the limit here
+        band_bytes = 64 * 2**20 if lq.device.type == "cpu" else 256 * 2**20  # whole image kept up to this
         read = BicubicSource(lq, o.scale, size, band_bytes)  # Box (px) -> crop of the padded bicubic upscale
         if o.tile_space == "pixel":
             small = F.interpolate(lq, size=vae_lib.stats_size(*size, tile), mode="bicubic", antialias=True).clamp(0, 1)
@@ -258,12 +270,16 @@ class Upscaler:
             whole, vae_geometry = self._vae_plan(size, tile, overlap, vae_whole_ok)
             z_l = self.encode(read(Box(0, 0, *size))) if whole else vae_lib.encode_tiled(self.vae, read, size,
                                                                                         **vae_geometry)
-            read.clear()  # the last band (the whole image, when encoded whole) is not needed any more
+            if not read.whole_fits:
+                read.clear()  # the last band is not needed any more
             z_0 = tiled_apply(self.restore_latent, z_l, grid, stage="tiles", device=self.device, **geometry)
             del z_l
             # whole: the output stays on the device for the colour fix (one copy to the CPU at the end)
             out = self.decode(z_0) if whole else vae_lib.decode_tiled(self.vae, z_0, **vae_geometry)
-        reference = lambda r0, r1: bicubic_crop(lq, o.scale, (h, w), Box(r0, 0, r1 - r0, w))  # noqa: E731
+        if read.whole_fits:  # the upscale made for the encoder, kept: the first h rows are unpadded
+            reference = lambda r0, r1: read(Box(r0, 0, r1 - r0, w))  # noqa: E731
+        else:  # made again strip by strip, so that the full-size upscale never has to exist
+            reference = lambda r0, r1: bicubic_crop(lq, o.scale, (h, w), Box(r0, 0, r1 - r0, w))  # noqa: E731
         strip = max(128, min(1024, COLOR_STRIP_BYTES // (w * out.shape[1] * 4)))  # rows per colour-fix strip
         return colorfix.color_fix_strips(out[..., :h, :w], reference, o.color_fix, strip=strip,
                                          device=self.device, progress=self.progress).cpu()

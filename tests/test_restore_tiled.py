@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from fluxsr_cli import memory
+from fluxsr_cli import memory, restore
 from fluxsr_cli import vae as vae_lib
 from fluxsr_cli.errors import ConfigError, ResourceError
 from fluxsr_cli.latents import pad_to_multiple
@@ -133,7 +133,7 @@ def test_bicubic_crop_equals_a_crop_of_the_padded_upscale():
             torch.testing.assert_close(crop, full[(..., *box.slices)], atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("max_band_bytes", [64 * 2**20, 1])  # bands kept, and every box on its own
+@pytest.mark.parametrize("max_band_bytes", [64 * 2**20, 200_000, 1])  # whole image kept, bands, every box alone
 def test_bicubic_source_serves_the_same_crops_as_bicubic_crop(max_band_bytes):
     """Row-major tiles (bands reused), then boxes out of order and across bands, incl. the padded edge."""
     lq = torch.rand(1, 3, 29, 41, generator=torch.Generator().manual_seed(3))
@@ -142,9 +142,18 @@ def test_bicubic_source_serves_the_same_crops_as_bicubic_crop(max_band_bytes):
     source = BicubicSource(lq, 4, size, max_band_bytes=max_band_bytes)
     boxes = [Box(top, left, 64, 64) for top in (0, 32, 64) for left in (0, 40, 80, 112)]
     boxes += [Box(70, 3, 20, 50), Box(0, 0, *size), Box(100, 150, 28, 26), Box(66, 0, 2, 176)]
-    for box in boxes:
-        torch.testing.assert_close(source(box), full[(..., *box.slices)], atol=1e-5, rtol=0)
-        assert source(box).shape[-2:] == (box.height, box.width)
+    made = []
+    real = restore.bicubic_crop
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(restore, "bicubic_crop", lambda *a: made.append(a[-1]) or real(*a))
+        for box in boxes:
+            torch.testing.assert_close(source(box), full[(..., *box.slices)], atol=1e-5, rtol=0)
+            assert source(box).shape[-2:] == (box.height, box.width)
+    assert source.whole_fits == (max_band_bytes == 64 * 2**20)
+    if source.whole_fits:
+        assert made == [Box(0, 0, *size)]  # made once, whole
+    else:
+        assert len(made) > 1
 
 
 def test_group_norm_statistics_pooled_over_tiles_equal_the_whole_images():
@@ -268,3 +277,12 @@ def test_pixel_tiles_keep_the_compiled_transformer(tiny_ckpt, lq):
     up.transformer.compile(backend=graphs, dynamic=None)
     up.upscale_array(lq)
     assert len(graphs) >= 1  # the transformer ran outside the VAE's eager blocks
+
+
+def test_kept_whole_upscale_gives_the_result_of_the_banded_one(tiny_ckpt, lq, monkeypatch):
+    """Encoder passes and colour fix slicing one kept upscale == bands and strips made on their own."""
+    up = load_upscaler(_opts(tiny_ckpt, tile="128", vae_tile="128"))
+    kept = up.upscale_array(lq)
+    monkeypatch.setattr(BicubicSource, "whole_fits", property(lambda self: False))
+    banded = up.upscale_array(lq)
+    np.testing.assert_allclose(kept, banded, atol=1e-6)
