@@ -249,7 +249,7 @@ def main() -> None:
     # in order of importance: an optional row is skipped once the script has used its share of --budget
     for size in sizes:
         row("eager", base, size)
-    for size in sizes:  # the VAE is never compiled: eager rows show what the blockwise attention gains
+    for size in sizes:  # eager rows show what the blockwise attention gains
         row("eager, VAE attention by SDPA", base, size, fused_vae_attention, until=args.budget * 0.25)
     if device.type == "cuda":  # cuDNN attention first (Hopper), then the default order; eager only
         from torch.nn.attention import SDPBackend, sdpa_kernel

@@ -25,19 +25,21 @@ FUSED_MAX_HEAD_DIM = 256  # flash and cuDNN attention handle heads up to this wi
 SCORE_BYTES = 512 * 2**20  # memory for one block's float32 scores (about 2.5 times this with the softmax)
 
 
+@torch.compiler.disable  # probe the real device, eagerly, even when called from a compiled VAE
 @functools.cache
-def float32_scores_supported(device_type: str, dtype: torch.dtype) -> bool:
-    """Whether ``torch.bmm`` on ``device_type`` multiplies ``dtype`` matrices into float32 directly
+def float32_scores_supported(device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether ``torch.bmm`` on ``device`` multiplies ``dtype`` matrices into float32 directly
     (``out_dtype``: PyTorch 2.8+ on CUDA for half types), i.e. at the half-precision matmul rate."""
-    if dtype == torch.float32:
+    if dtype in (torch.float32, torch.float64):
         return True
     try:
-        a = torch.ones(1, 2, 2, device=device_type, dtype=dtype)
+        a = torch.ones(1, 2, 2, device=device, dtype=dtype)
         return torch.bmm(a, a, out_dtype=torch.float32).dtype == torch.float32
-    except (TypeError, RuntimeError, NotImplementedError):
+    except (TypeError, RuntimeError, NotImplementedError):  # no such argument, or no such kernel
         return False
 
 
+@torch.compiler.disable  # a Python loop over blocks: compiled, it pinned every image size and unrolled
 def blockwise_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                         max_score_bytes: int = SCORE_BYTES) -> torch.Tensor:
     """``softmax(q k^T / sqrt(d)) v`` for [B, H, S_q, d] queries and [B, H, S_k, d] keys and values.
@@ -53,19 +55,20 @@ def blockwise_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     q3 = q.reshape(b * h, s_q, d)
     v3 = v.reshape(b * h, s_k, v.shape[-1])
     scale = d ** -0.5  # applied in float32: scaling half-precision keys would round every key
-    half_into_float = q.dtype != torch.float32 and float32_scores_supported(q.device.type, q.dtype)
+    work = torch.promote_types(q.dtype, torch.float32)  # the scores' dtype: float32, or float64
+    half_into_float = work != q.dtype and float32_scores_supported(q.device, q.dtype)
     if half_into_float:
         k_t = k.reshape(b * h, s_k, d).transpose(1, 2)  # [BH, d, S_k]
     else:
-        k_t = (k.reshape(b * h, s_k, d).float() * scale).transpose(1, 2)
-    rows = max(1, max_score_bytes // (b * h * s_k * 4))
+        k_t = (k.reshape(b * h, s_k, d).to(work) * scale).transpose(1, 2)
+    rows = max(1, max_score_bytes // (b * h * s_k * work.itemsize))
     out = v3.new_empty(b * h, s_q, v.shape[-1])
     for start in range(0, s_q, rows):
         block = q3[:, start:start + rows]
         if half_into_float:
             scores = torch.bmm(block, k_t, out_dtype=torch.float32).mul_(scale)  # [BH, n, S_k]
         else:
-            scores = torch.bmm(block.float(), k_t)
+            scores = torch.bmm(block.to(work), k_t)
         out[:, start:start + rows] = torch.bmm(scores.softmax(-1).to(v.dtype), v3)
         del scores
     return out.reshape(b, h, s_q, v.shape[-1])
@@ -90,11 +93,16 @@ class BlockwiseAttnProcessor:
 
     def handles(self, attn: torch.nn.Module, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None,
                 attention_mask: torch.Tensor | None) -> bool:
-        """Whether this call is one the blockwise path computes (else diffusers' processor does)."""
+        """Whether this call is one the blockwise path computes (else diffusers' processor does).
+
+        Never under autograd (training's VAE decoder): the blocks would keep every score for the
+        backward pass, and the half-into-float32 product has no derivative.
+        """
         return (hidden_states.ndim == 4 and encoder_hidden_states is None and attention_mask is None
+                and not torch.is_grad_enabled()
                 and attn.spatial_norm is None and attn.norm_q is None and attn.norm_k is None
                 and attn.inner_dim // attn.heads >= self.min_head_dim and hidden_states.device.type in self.devices
-                and float32_scores_supported(hidden_states.device.type, hidden_states.dtype))
+                and float32_scores_supported(hidden_states.device, hidden_states.dtype))
 
     def __call__(self, attn: torch.nn.Module, hidden_states: torch.Tensor,
                  encoder_hidden_states: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,

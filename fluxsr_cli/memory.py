@@ -7,11 +7,13 @@
 - ``--offload sequential``: accelerate's ``cpu_offload`` on the transformer (weights stream in layer
   by layer; slow, for the smallest GPUs); the small VAE is model-offloaded, so its GroupNorm layers
   stay plain modules that tiled decoding can give global statistics (:mod:`fluxsr_cli.vae`).
-- ``--compile``: ``torch.compile`` of the transformer in place. Every tile of an image has one
-  shape; the first shape compiles static, a second one (another image size) recompiles once with
-  dynamic sizes, and later sizes reuse that (PyTorch's automatic dynamic shapes).
+- ``--compile``: ``torch.compile`` of the transformer and of the VAE's encoder and decoder, in
+  place. Every tile of an image has one shape; the first shape compiles static, a second one
+  (another image size) recompiles once with dynamic sizes, and later sizes reuse that (PyTorch's
+  automatic dynamic shapes). The tiled VAE runs eagerly (:func:`fluxsr_cli.vae.eager`).
 
-Attention runs through PyTorch's SDPA (diffusers' default FLUX processor).
+The transformer's attention runs through PyTorch's SDPA (diffusers' default FLUX processor); the
+VAE's single 512-wide head through :mod:`fluxsr_cli.attention` on CUDA.
 """
 
 from __future__ import annotations
@@ -31,7 +33,9 @@ MIN_TILE = 256  # the OOM retry stops halving here
 MAX_AUTO_TILE = 2048  # FLUX.1 was trained up to about 2 MP; larger tiles leave its training range
 AUTO_TILES = (2048, 1536, 1280, 1024, 768, 512, 256)
 TOKEN_WIDTHS = 40  # live activation bytes per image token ~ TOKEN_WIDTHS * d_model * itemsize
-VAE_WIDTHS = 12  # live activation bytes per pixel ~ VAE_WIDTHS * first VAE width * itemsize
+# live activation bytes per pixel ~ VAE_WIDTHS * first VAE width * itemsize; measured on an H200, a
+# whole 4096 px FLUX VAE pass peaked at 38 GiB over the weights (9.5 widths of 128 bf16 channels)
+VAE_WIDTHS = 10
 CPU_VAE_BUDGET = 512 * 2**20  # bytes: a larger estimated VAE peak on the CPU is tiled
 GPU_FREE_FRACTION = 0.8  # of the free GPU memory that estimates may plan to use
 

@@ -307,9 +307,10 @@ class Upscaler:
                      geometry: dict) -> torch.Tensor:
         """``--tile-space pixel``: each tile encode -> DiT -> decode; GroupNorm statistics from ``small``,
         a stand-in for the image that fits one tile (this mode saves memory, not time: no second pass)."""
-        enc_stats = vae_lib.record_group_norm(self.vae.encoder, lambda: self.encode(small))
-        dec_stats = vae_lib.record_group_norm(self.vae.decoder,
-                                              lambda: self.decode(self.restore_latent(self.encode(small))))
+        found: list[torch.Tensor] = []
+        enc_stats = vae_lib.record_group_norm(self.vae.encoder, lambda: found.append(self.encode(small)))
+        z_0 = self.restore_latent(found.pop())
+        dec_stats = vae_lib.record_group_norm(self.vae.decoder, lambda: self.decode(z_0))
 
         def one_tile(x: torch.Tensor) -> torch.Tensor:  # [n, 3, T, T] -> [n, 3, T, T] px
             with vae_lib.fixed_group_norm(self.vae.encoder, enc_stats):

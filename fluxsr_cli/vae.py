@@ -50,13 +50,16 @@ def decode(vae: torch.nn.Module, z: torch.Tensor) -> torch.Tensor:
 
 
 # -- global GroupNorm statistics ---------------------------------------------------------------------
-def eager():
-    """A context in which modules compiled with ``--compile`` run eagerly (the tiled VAE's passes).
+@contextmanager
+def eager() -> Iterator[None]:
+    """A block in which modules compiled with ``--compile`` run eagerly (the tiled VAE's passes).
 
     The tiled VAE hooks and patches the GroupNorms for its two passes; that is Python that a compiled
     encoder or decoder would trace again and again. Compilation pays off for whole images only.
+    (The stance is process-wide while the block runs.)
     """
-    return torch.compiler.set_stance("force_eager")
+    with torch.compiler.set_stance("force_eager"):
+        yield
 
 
 def _group_norms(module: torch.nn.Module) -> dict[str, torch.nn.GroupNorm]:

@@ -24,6 +24,7 @@ def test_blockwise_attention_equals_sdpa(budget):
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
 
 
+@torch.no_grad()  # as in the upscaler: the blockwise path leaves autograd to diffusers
 def _vae_pass(vae: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     z = vae_lib.encode(vae, x)
     return z, vae_lib.decode(vae, z)
@@ -43,6 +44,7 @@ def test_processor_on_the_vae_gives_the_same_latents_and_pixels():
     torch.testing.assert_close(out, x_ref, atol=1e-5, rtol=1e-5)
 
 
+@torch.no_grad()
 def test_processor_keeps_global_group_norm_statistics_of_tiled_vae():
     """The tiled VAE fixes every GroupNorm, the attention's own included: still the same numbers."""
     vae = build_vae(TINY_VAE, seed=3)
@@ -56,6 +58,7 @@ def test_processor_keeps_global_group_norm_statistics_of_tiled_vae():
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
 
 
+@torch.no_grad()
 def test_default_processor_leaves_narrow_heads_and_the_cpu_to_diffusers():
     vae = build_vae(TINY_VAE, seed=3)  # 16-wide head on the CPU: not taken over
     attn = vae.encoder.mid_block.attentions[0]
@@ -113,3 +116,43 @@ def test_blockwise_attention_half_into_float_path(monkeypatch):
     exact = torch.nn.functional.scaled_dot_product_attention(q.double(), k.double(), v.double())
     assert torch.float32 in asked and out.dtype == torch.bfloat16
     assert (out.double() - exact).pow(2).mean().sqrt() / exact.pow(2).mean().sqrt() < 4e-3
+
+
+def test_processor_leaves_autograd_to_diffusers():
+    """Training's decoder runs with gradients: the blocks would keep every score, so SDPA does it."""
+    vae = build_vae(TINY_VAE, seed=3)
+    attn = vae.decoder.mid_block.attentions[0]
+    processor = BlockwiseAttnProcessor(min_head_dim=1, devices=("cpu",))
+    h = torch.randn(1, 16, 4, 4)
+    assert not processor.handles(attn, h, None, None)
+    with torch.no_grad():
+        assert processor.handles(attn, h, None, None)
+
+
+def test_blockwise_attention_keeps_float64():
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 2, 20, 8, generator=g, dtype=torch.float64) for _ in range(3))
+    out = blockwise_attention(q, k, v, max_score_bytes=8 * 20 * 2 * 3)
+    assert out.dtype == torch.float64
+    torch.testing.assert_close(out, torch.nn.functional.scaled_dot_product_attention(q, k, v), atol=1e-12, rtol=0)
+
+
+def test_compiled_vae_with_blockwise_attention_reuses_its_graphs_across_sizes():
+    """The block loop is not traced: a third and fourth image size compile nothing new."""
+    vae = build_vae(TINY_VAE, seed=3)
+    use_blockwise_attention(vae, min_head_dim=1, devices=("cpu",), max_score_bytes=4096)
+    graphs = []
+
+    def backend(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    vae.decoder.compile(backend=backend, dynamic=None)
+    counts = []
+    with torch.no_grad():
+        for side in (20, 24, 28, 32):  # (below ~18 the CPU convolution guards on size thresholds)
+            z = torch.randn(1, 16, side, side + 2, generator=torch.Generator().manual_seed(side))
+            out = vae.decoder(z)
+            counts.append(len(graphs))
+    assert out.shape[-2:] == (32 * 8, 34 * 8)
+    assert counts[2] == counts[3] == counts[1] > counts[0] > 0

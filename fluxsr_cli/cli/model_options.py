@@ -41,7 +41,7 @@ VaeTile = Annotated[str, typer.Option("--vae-tile", rich_help_panel=TILES,
 ColorFix = Annotated[str, typer.Option("--color-fix", rich_help_panel=TILES,
                                        help="wavelet, adain or none; applied once to the whole image.")]
 Offload = Annotated[str, typer.Option("--offload", rich_help_panel=TILES, help="none, model or sequential CPU offload.")]
-Compile = Annotated[bool, typer.Option("--compile", rich_help_panel=TILES, help="torch.compile the transformer.")]
+Compile = Annotated[bool, typer.Option("--compile", rich_help_panel=TILES, help="torch.compile the transformer and the VAE (faster once warm; the first images of each new size compile).")]
 
 
 def upscale_options(*, model: str = DEFAULT_MODEL, revision: str | None = None, base: str | None = None,
