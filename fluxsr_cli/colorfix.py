@@ -106,7 +106,7 @@ def wavelet_fix(out: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
     The blur is linear, so ``out - low(out) + low(reference) == out + low(reference - out)``: one
     wavelet split instead of two (half the work), equal up to float rounding.
     """
-    return out + low_band(reference - out, in_place=True)
+    return low_band(reference - out, in_place=True).add_(out)  # (one buffer: the difference's)
 
 
 def channel_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
