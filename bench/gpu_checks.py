@@ -126,16 +126,17 @@ def main() -> int:
         from fluxsr_cli.checkpoint import load_vae
 
         vae = load_vae(base, torch.bfloat16).to(GPU)
-        graphs = []
-        counts, worst = [], 0.0
+        vae.set_attn_processor(AttnProcessor2_0())
+        g = torch.Generator(GPU).manual_seed(0)
+        sides = (20, 24, 28, 32)
         with torch.no_grad():
-            for side in (20, 24, 28, 32):
-                z = torch.randn(1, 16, side, side + 2, device=GPU, dtype=torch.bfloat16)
-                vae.set_attn_processor(AttnProcessor2_0())
-                ref = vae.decoder(z).float()
-                use_blockwise_attention(vae, min_head_dim=1, devices=(torch.device(GPU).type,))
-                if side == 20:
-                    vae.decoder.compile(backend=lambda gm, ex: graphs.append(gm) or gm.forward, dynamic=None)
+            latents = [torch.randn(1, 16, n, n + 2, device=GPU, dtype=torch.bfloat16, generator=g) for n in sides]
+            references = [vae.decoder(z).float() for z in latents]  # SDPA, not compiled
+            use_blockwise_attention(vae, min_head_dim=1, devices=(torch.device(GPU).type,))
+            graphs = []
+            vae.decoder.compile(backend=lambda gm, ex: graphs.append(gm) or gm.forward, dynamic=None)
+            counts, worst = [], 0.0
+            for z, ref in zip(latents, references, strict=True):
                 worst = max(worst, (vae.decoder(z).float() - ref).abs().max().item())
                 counts.append(len(graphs))
         ok = worst < 0.05 and counts[2] == counts[3]  # the fourth size compiles nothing new
