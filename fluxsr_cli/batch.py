@@ -16,13 +16,14 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 import numpy as np
 
 from fluxsr_cli.atomic import atomic_write_text, check_writable
 from fluxsr_cli.errors import ConfigError, FluxSRError, InputError
 from fluxsr_cli.imageio import READ_SUFFIXES, WRITE_FORMATS, image_size, one_line, read_image, write_image
+from fluxsr_cli.processes import Processes, default_processes
 from fluxsr_cli.progress import ProgressFn, no_progress
 
 # fn(rgb [H, W, 3] float32 in [0, 1]) -> [sH, sW, 3] float32 in [0, 1]
@@ -311,75 +312,6 @@ def plan_batch(config: BatchConfig) -> list[Job]:
         elif j.dst.exists() and not config.overwrite:
             j.status, j.reason = "skipped", "output exists (use --overwrite to redo)"
     return jobs
-
-
-# --------------------------------------------------------------------------- processes
-
-
-class Processes(Protocol):
-    """What a batch needs from a process group (one process, or ``accelerate launch``)."""
-
-    index: int
-    count: int
-    device: str | None  # this process's accelerator ("cuda:1"), None when not launched
-
-    def split(self, items: list) -> list: ...
-
-    def wait(self) -> None: ...
-
-    def gather(self, obj: Any) -> list: ...
-
-
-class SingleProcess:
-    """No splitting: this process does every file."""
-
-    index = 0
-    count = 1
-    device = None
-
-    def split(self, items: list) -> list:
-        return list(items)
-
-    def wait(self) -> None:
-        pass
-
-    def gather(self, obj: Any) -> list:
-        return [obj]
-
-
-class AccelerateProcesses:
-    """The processes of ``accelerate launch``, through ``accelerate.PartialState``."""
-
-    def __init__(self, cpu: bool = False) -> None:
-        from accelerate import PartialState
-
-        self.state = PartialState(cpu=cpu)  # cpu=True: gloo processes on machines without GPUs
-        self.index = self.state.process_index
-        self.count = self.state.num_processes
-        self.device = str(self.state.device)
-
-    def split(self, items: list) -> list:
-        with self.state.split_between_processes(list(items)) as part:
-            return list(part)
-
-    def wait(self) -> None:
-        self.state.wait_for_everyone()
-
-    def gather(self, obj: Any) -> list:
-        if self.count == 1:
-            return [obj]
-        from accelerate.utils import gather_object
-
-        return list(gather_object([obj]))
-
-
-def default_processes() -> Processes:
-    """``accelerate launch`` processes when launched that way, else a single process."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        import torch
-
-        return AccelerateProcesses(cpu=not torch.cuda.is_available())
-    return SingleProcess()
 
 
 # --------------------------------------------------------------------------- the batch

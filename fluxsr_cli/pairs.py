@@ -37,6 +37,7 @@ from fluxsr_cli.atomic import atomic_write_text
 from fluxsr_cli.checkpoint import DEFAULT_BASE
 from fluxsr_cli.configs import dumps_toml
 from fluxsr_cli.errors import CheckpointError, ConfigError, InputError
+from fluxsr_cli.processes import AccelerateProcesses, launched
 from fluxsr_cli.progress import ProgressFn, no_progress
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -262,18 +263,16 @@ def check_inputs(config: PairsConfig) -> tuple[list[str], Any]:
 # ------------------------------------------------------------------------------ models
 
 def _process(rank: int | None, world_size: int | None) -> tuple[int, int, Any]:
-    """(rank, world size, accelerate state or None): explicit values, else accelerate's launch variables."""
+    """(rank, world size, launched processes or None): explicit values, else accelerate's launch variables."""
     if (rank is None) != (world_size is None):
         raise ConfigError("give both rank and world_size, or neither")
     if rank is not None:
         if world_size < 1 or not 0 <= rank < world_size:
             raise ConfigError(f"rank {rank} of world size {world_size}: need 0 <= rank < world_size")
         return rank, world_size, None
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        from accelerate import PartialState
-
-        state = PartialState()
-        return state.process_index, state.num_processes, state
+    if launched():
+        procs = AccelerateProcesses()
+        return procs.index, procs.count, procs
     return 0, 1, None
 
 
@@ -409,7 +408,7 @@ def generate_pairs(config: PairsConfig, progress: ProgressFn = no_progress, noti
     """Generate (or finish) the pairs data set of ``config`` for this process; see the module docstring."""
     start = time.perf_counter()
     prompts, degradation = check_inputs(config)  # before any model is loaded
-    rank, world_size, state = _process(rank, world_size)
+    rank, world_size, procs = _process(rank, world_size)
     root = Path(config.output)
     done = finished_items(root)
     mine = assigned_indices(config.num_pairs, rank, world_size)
@@ -429,12 +428,12 @@ def generate_pairs(config: PairsConfig, progress: ProgressFn = no_progress, noti
 
     generated = 0
     if todo or need_embeddings:
-        generated = _generate(config, prompts, degradation, todo, need_embeddings, root, part, done, state,
+        generated = _generate(config, prompts, degradation, todo, need_embeddings, root, part, done, procs,
                               progress, notice)
     merged, count = False, 0
-    if state is not None:
-        state.wait_for_everyone()
-    if rank == 0 or state is None:
+    if procs is not None:
+        procs.wait()
+    if rank == 0 or procs is None:
         count, merged = merge_manifest(root), True
         atomic_write_text(root / "pairs.toml", record)  # after success: the settings of the whole data set
     return PairsSummary(root, rank, world_size, len(mine), len(mine) - len(todo), generated, count, merged,
@@ -443,15 +442,15 @@ def generate_pairs(config: PairsConfig, progress: ProgressFn = no_progress, noti
 
 
 def _generate(config: PairsConfig, prompts: list[str], degradation: Any, todo: list[int], need_embeddings: bool,
-              root: Path, part: Path, done: dict[int, str], state: Any, progress: ProgressFn,
+              root: Path, part: Path, done: dict[int, str], procs: Any, progress: ProgressFn,
               notice: Notice) -> int:
     from fluxsr_cli.checkpoint import load_transformer, load_vae, read_transformer_config, resolve
     from fluxsr_cli.restore import pick_device
 
     base = resolve(config.teacher, revision=config.revision, offline=config.offline,
                    allow_patterns=TEACHER_FILES, notice=notice)
-    if state is not None:  # under accelerate / torchrun: this process's own device
-        device = state.device
+    if procs is not None:  # under accelerate / torchrun: this process's own device
+        device = procs.state.device
     else:
         device = pick_device(config.device, read_transformer_config(base), str(config.teacher))
     dtype = DTYPES[config.dtype] if config.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)

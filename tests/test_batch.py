@@ -17,7 +17,6 @@ from accelerate import PartialState
 from PIL import Image
 
 from fluxsr_cli.batch import (
-    AccelerateProcesses,
     BatchConfig,
     WriteOptions,
     plan_batch,
@@ -26,6 +25,7 @@ from fluxsr_cli.batch import (
     upscale_file,
 )
 from fluxsr_cli.errors import ConfigError, FluxSRError, InputError
+from fluxsr_cli.processes import AccelerateProcesses
 from tests.test_imageio import (
     make_16bit_rgb,
     make_icc,
@@ -295,33 +295,49 @@ def test_accelerate_single_process_does_everything(tmp_path):
 
 
 SCRIPT = """
-import sys, cv2, numpy as np
-from fluxsr_cli.batch import BatchConfig, default_processes, run_batch
+import atexit, sys, cv2, numpy as np
+import torch.distributed as dist
+from fluxsr_cli.batch import BatchConfig, run_batch
+from fluxsr_cli.processes import default_processes
 
 def bicubic(rgb):
     h, w = rgb.shape[:2]
     return np.clip(cv2.resize(rgb, (w * 4, h * 4), interpolation=cv2.INTER_CUBIC), 0, 1)
 
+# registered first, so it runs last: after fluxsr's own exit handler
+atexit.register(lambda: print("group open at exit:", dist.is_initialized(), flush=True))
+config = BatchConfig(sys.argv[1], sys.argv[2], recursive=True, report=sys.argv[3])
 procs = default_processes()
-report = run_batch(BatchConfig(sys.argv[1], sys.argv[2], recursive=True, report=sys.argv[3]), bicubic,
-                   processes=procs)
-print("rank", procs.index, "of", procs.count, "done", report.done)
+report = run_batch(config, bicubic, processes=procs)
+again = run_batch(BatchConfig(sys.argv[1], sys.argv[2], recursive=True), bicubic)  # the group is still open
+print("rank", procs.index, "of", procs.count, "done", report.done, "then skipped", again.skipped, flush=True)
 """
+
+
+def rank_logs(log_dir: Path) -> str:
+    """Every rank's own stdout and stderr (torchrun --redirects), for a failure message."""
+    return "\n".join(f"--- {p.relative_to(log_dir)}\n{p.read_text()[-3000:]}"
+                     for p in sorted(log_dir.rglob("*.log")))
 
 
 @pytest.mark.slow
 def test_two_real_processes_through_torchrun(tmp_path):
-    """What `accelerate launch` sets up, on CPU with gloo: two ranks, one merged report."""
+    """What `accelerate launch` sets up, on CPU with gloo: two ranks, one merged report, a clean exit."""
     src = make_tree(tmp_path / "photos")
     (tmp_path / "run.py").write_text(SCRIPT)
+    logs = tmp_path / "logs"
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         "--log-dir", str(logs), "--redirects", "3",
          str(tmp_path / "run.py"), str(src), str(tmp_path / "out"), str(tmp_path / "report.json")],
         capture_output=True, text=True, env=env, timeout=120)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert sorted(line for line in proc.stdout.splitlines() if line.startswith("rank")) == [
-        "rank 0 of 2 done 4", "rank 1 of 2 done 4"]
+    assert proc.returncode == 0, proc.stderr[-1500:] + "\n" + rank_logs(logs)
+    stdout = [line for p in sorted(logs.rglob("stdout.log")) for line in p.read_text().splitlines()]
+    assert sorted(line for line in stdout if line.startswith("rank")) == [
+        "rank 0 of 2 done 4 then skipped 4", "rank 1 of 2 done 4 then skipped 4"]
+    # the group is destroyed before the interpreter's teardown, where gloo can abort the process
+    assert stdout.count("group open at exit: False") == 2, rank_logs(logs)
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["summary"]["processes"] == 2
     assert [f["rank"] for f in report["files"]] == [0, 0, 1, 1]

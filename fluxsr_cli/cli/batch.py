@@ -57,7 +57,8 @@ def batch(
       fluxsr batch photos -o photos_x4 --recursive --report report.json
       fluxsr batch scans -o out --include "*.tif" --suffix _x4 --ext png
     """
-    from fluxsr_cli.batch import BatchConfig, default_processes, plan_batch, run_batch
+    from fluxsr_cli.batch import BatchConfig, plan_batch, run_batch
+    from fluxsr_cli.processes import default_processes
 
     config = BatchConfig(
         input_dir=src, output_dir=output, recursive=recursive, include=tuple(include or ()),
