@@ -158,7 +158,8 @@ def tiled_apply(fn: Callable[[torch.Tensor], torch.Tensor], source: Source, grid
     ``source`` is a tensor [1, C, h * in_factor, w * in_factor] or a function that returns the crop
     of such a tensor for a box in its units (so huge inputs can be streamed). ``fn`` maps a batch of
     up to ``batch`` crops [n, C, th * in_factor, tw * in_factor] to [n, C', th * out_factor, tw *
-    out_factor]. ``tile`` and ``overlap`` are in cells. Returns ``out`` (allocated as float32 zeros
+    out_factor] and must not change its input in place (a single crop may be a view of ``source``).
+    ``tile`` and ``overlap`` are in cells. Returns ``out`` (allocated as float32 zeros
     [1, C', h * out_factor, w * out_factor] on ``device`` if not given; a given one must hold zeros). When one tile
     covers the grid, ``fn`` runs once on the whole input and its float32 result is returned unchanged.
     """
@@ -174,7 +175,8 @@ def tiled_apply(fn: Callable[[torch.Tensor], torch.Tensor], source: Source, grid
     progress(stage, 0, len(boxes))
     for first in range(0, len(boxes), batch):
         group = boxes[first:first + batch]
-        crops = torch.cat([read(b.scaled(in_factor)) for b in group])
+        crops = [read(b.scaled(in_factor)) for b in group]
+        crops = crops[0] if len(crops) == 1 else torch.cat(crops)  # one crop: no copy
         results = fn(crops)  # [n, C', th * out_factor, tw * out_factor]
         if out is None:
             out = torch.zeros(1, results.shape[1], h * out_factor, w * out_factor, dtype=torch.float32, device=device)

@@ -286,3 +286,21 @@ def test_kept_whole_upscale_gives_the_result_of_the_banded_one(tiny_ckpt, lq, mo
     monkeypatch.setattr(BicubicSource, "whole_fits", property(lambda self: False))
     banded = up.upscale_array(lq)
     np.testing.assert_allclose(kept, banded, atol=1e-6)
+
+
+def test_upscale_too_large_to_keep_is_made_once_for_the_encoder_then_in_strips(tiny_ckpt, lq, monkeypatch):
+    """CPU, tiled VAE: both encoder passes slice one whole upscale (not overlapping bands, made 2-3
+    times over); it is dropped before the decode and the colour fix makes its strips; same result."""
+    up = load_upscaler(_opts(tiny_ckpt, tile="128", vae_tile="128"))
+    kept = up.upscale_array(lq)
+    made: list[tuple] = []
+    real = restore.bicubic_crop
+    monkeypatch.setattr(restore, "bicubic_crop", lambda *a: made.append(a[2:]) or real(*a))
+    monkeypatch.setitem(restore.KEEP_BICUBIC_BYTES, "cpu", 1000)  # nothing is kept to the colour fix
+    monkeypatch.setattr(restore, "COLOR_STRIP_BYTES", 1000)  # strips of 128 rows: two
+    dropped = up.upscale_array(lq)
+    h, w = lq.shape[0] * 4, lq.shape[1] * 4
+    size = (restore.padded_size(h), restore.padded_size(w))
+    assert made[0] == (size, Box(0, 0, *size))  # the encoder's: once, whole
+    assert len(made) == 3 and all(m[0] == (h, w) and m[1].width == w for m in made[1:])  # colour-fix strips
+    np.testing.assert_allclose(dropped, kept, atol=1e-6)
