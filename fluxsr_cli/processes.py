@@ -52,9 +52,9 @@ class SingleProcess:
 class AccelerateProcesses:
     """The processes of ``accelerate launch``, through ``accelerate.PartialState``.
 
-    When this object opens the process group, it closes it at exit (``atexit``, which runs while
-    the interpreter is whole) or at ``close()``, whichever comes first. A group the caller set up
-    before stays the caller's to close.
+    When this object opens a gloo process group (processes on the CPU), it closes it at exit
+    (``atexit``, which runs while the interpreter is whole) or at ``close()``, whichever comes
+    first. A group the caller set up before stays the caller's to close.
     """
 
     def __init__(self, cpu: bool = False) -> None:
@@ -63,11 +63,13 @@ class AccelerateProcesses:
 
         before = dist.is_available() and dist.is_initialized()
         self.state = PartialState(cpu=cpu)  # cpu=True: gloo processes on machines without GPUs
-        self.opened = not before and dist.is_available() and dist.is_initialized()
+        # gloo is what aborts at exit; NCCL's destroy waits for every rank (a rank that failed alone
+        # would hang in it), and torchrun tears an NCCL job down anyway
+        self.closes_at_exit = not before and dist.is_available() and dist.is_initialized() and dist.get_backend() == "gloo"
         self.index = self.state.process_index
         self.count = self.state.num_processes
         self.device = str(self.state.device)
-        if self.opened:
+        if self.closes_at_exit:
             atexit.register(self.close)
 
     def split(self, items: list) -> list:
@@ -85,9 +87,10 @@ class AccelerateProcesses:
         return list(gather_object([obj]))
 
     def close(self) -> None:
-        """Destroy the process group if this object opened it; every process calls it, once."""
-        if self.opened:
-            self.opened = False
+        """Destroy the process group if this object opened it: the last distributed step of a process
+        (accelerate's shared state still counts the processes afterwards)."""
+        if self.closes_at_exit:
+            self.closes_at_exit = False
             atexit.unregister(self.close)
             self.state.destroy_process_group()
 

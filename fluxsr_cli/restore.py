@@ -42,6 +42,7 @@ from fluxsr_cli.tiling import BLENDS, Box, default_overlap, tiled_apply
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 LARGE_MODEL_PARAMS = 1e9
 KEEP_BICUBIC_BYTES = {"cpu": 64 * 2**20, "cuda": 256 * 2**20}  # the whole bicubic upscale is kept up to this
+FILL_BAND_BYTES = 16 * 2**20  # a kept whole upscale is made in bands of this size (no full-size temporaries)
 COLOR_STRIP_BYTES = 16 * 2**20  # float32 bytes of one colour-fix strip (each strip re-reads 64 margin rows)
 
 
@@ -145,7 +146,8 @@ class BicubicSource:
     each tile's crop, which for overlapping tiles repeats most of the work). A band larger than
     ``max_band_bytes`` is not kept: each box is then made on its own (:func:`bicubic_crop`). When
     the whole padded upscale fits ``max_band_bytes`` it is made once, on the first read, and kept
-    (:attr:`whole_fits`): the passes of a tiled VAE and the colour fix then all slice one image.
+    (:attr:`whole_fits`): the passes of a tiled VAE and the colour fix then all slice one image. It
+    is filled band by band (:data:`FILL_BAND_BYTES`), so making it needs no full-size temporaries.
     """
 
     def __init__(self, lq: torch.Tensor, scale: int, size: tuple[int, int], max_band_bytes: int = 64 * 2**20) -> None:
@@ -162,10 +164,21 @@ class BicubicSource:
         """Whether the whole padded upscale fits the band budget (then it is made once and kept)."""
         return self.size[0] * self.size[1] * self.lq.shape[1] * 4 <= self.max_band_bytes
 
+    def _whole(self) -> torch.Tensor:
+        (height, width), channels = self.size, self.lq.shape[1]
+        rows = max(16, FILL_BAND_BYTES // (width * channels * 4))
+        if rows >= height:
+            return bicubic_crop(self.lq, self.scale, self.size, Box(0, 0, height, width))
+        whole = torch.empty(1, channels, height, width, device=self.lq.device)
+        for top in range(0, height, rows):
+            n = min(rows, height - top)
+            whole[..., top:top + n, :] = bicubic_crop(self.lq, self.scale, self.size, Box(top, 0, n, width))
+        return whole
+
     def __call__(self, box: Box) -> torch.Tensor:
         if self.whole_fits:  # one band: the whole image
             if self.rows is None:
-                self.band = bicubic_crop(self.lq, self.scale, self.size, Box(0, 0, *self.size))
+                self.band = self._whole()
                 self.rows = (0, self.size[0])
             return self.band[..., box.top:box.top + box.height, box.left:box.left + box.width]
         if box.height * self.size[1] * self.lq.shape[1] * 4 > self.max_band_bytes:

@@ -252,6 +252,7 @@ class Simulated(AccelerateProcesses):
             split_between_processes=lambda items: PartialState.split_between_processes(fake, items),
             wait_for_everyone=barrier.wait)
         self.index, self.count, self.device = index, count, f"cuda:{index}"
+        self.closes_at_exit = False
         self.barrier, self.slots = barrier, slots
 
     def gather(self, obj):

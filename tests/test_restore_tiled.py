@@ -156,6 +156,22 @@ def test_bicubic_source_serves_the_same_crops_as_bicubic_crop(max_band_bytes):
         assert len(made) > 1
 
 
+def test_a_kept_whole_upscale_is_filled_band_by_band(monkeypatch):
+    """No full-size temporaries (an upsample, then padded copies of it): bands of FILL_BAND_BYTES."""
+    lq = torch.rand(1, 3, 29, 41, generator=torch.Generator().manual_seed(4))
+    full, _ = pad_to_multiple(bicubic_upsample(lq, 4))
+    size = tuple(full.shape[-2:])  # 128 x 176, the last 12 rows and columns reflected
+    monkeypatch.setattr(restore, "FILL_BAND_BYTES", 176 * 3 * 4 * 40)  # 40 rows
+    made = []
+    real = restore.bicubic_crop
+    monkeypatch.setattr(restore, "bicubic_crop", lambda *a: made.append(a[-1]) or real(*a))
+    source = BicubicSource(lq, 4, size)
+    assert source.whole_fits
+    torch.testing.assert_close(source(Box(0, 0, *size)), full, atol=1e-5, rtol=0)
+    torch.testing.assert_close(source(Box(100, 150, 28, 26)), full[..., 100:, 150:], atol=1e-5, rtol=0)
+    assert made == [Box(top, 0, min(40, 128 - top), 176) for top in (0, 40, 80, 120)]
+
+
 def test_group_norm_statistics_pooled_over_tiles_equal_the_whole_images():
     """Four non-overlapping tiles through a GroupNorm: pooled mean/var == those of the whole input."""
     gn = torch.nn.GroupNorm(4, 8)
@@ -297,12 +313,28 @@ def test_upscale_too_large_to_keep_is_made_once_for_the_encoder_then_in_strips(t
     real = restore.bicubic_crop
     monkeypatch.setattr(restore, "bicubic_crop", lambda *a: made.append(a[2:]) or real(*a))
     monkeypatch.setitem(restore.KEEP_BICUBIC_BYTES, "cpu", 1000)  # nothing is kept to the colour fix
+    sources, held_at_decode = [], []
+
+    class Recorded(BicubicSource):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            sources.append(self)
+
+    real_decode = vae_lib.decode_tiled
+
+    def decode_tiled(*args, **kwargs):
+        held_at_decode.extend(s.band is not None for s in sources)
+        return real_decode(*args, **kwargs)
+
+    monkeypatch.setattr(restore, "BicubicSource", Recorded)
+    monkeypatch.setattr(vae_lib, "decode_tiled", decode_tiled)
     monkeypatch.setattr(restore, "COLOR_STRIP_BYTES", 1000)  # strips of 128 rows: two
     dropped = up.upscale_array(lq)
     h, w = lq.shape[0] * 4, lq.shape[1] * 4
     size = (restore.padded_size(h), restore.padded_size(w))
     assert made[0] == (size, Box(0, 0, *size))  # the encoder's: once, whole
     assert len(made) == 3 and all(m[0] == (h, w) and m[1].width == w for m in made[1:])  # colour-fix strips
+    assert held_at_decode == [False]  # the whole upscale was dropped before the decode
     np.testing.assert_allclose(dropped, kept, atol=1e-6)
 
 
