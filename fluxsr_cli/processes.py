@@ -65,7 +65,8 @@ class AccelerateProcesses:
         self.state = PartialState(cpu=cpu)  # cpu=True: gloo processes on machines without GPUs
         # gloo is what aborts at exit; NCCL's destroy waits for every rank (a rank that failed alone
         # would hang in it), and torchrun tears an NCCL job down anyway
-        self.closes_at_exit = not before and dist.is_available() and dist.is_initialized() and dist.get_backend() == "gloo"
+        opened = not before and dist.is_available() and dist.is_initialized()
+        self.closes_at_exit = opened and dist.get_backend() == "gloo"
         self.index = self.state.process_index
         self.count = self.state.num_processes
         self.device = str(self.state.device)

@@ -268,7 +268,8 @@ class Upscaler:
         transformer runs on latent tiles (or, with ``--tile-space pixel``, encode -> DiT -> decode per
         pixel tile); the VAE runs whole when it fits (or when the image fits ``--vae-tile``), else
         tiled with global GroupNorm statistics; tiles are blended into one float32 output buffer,
-        which the colour fix then corrects in place, strip by strip. The output buffer is on the device when the VAE decoded whole, else on the CPU.
+        which the colour fix then corrects in place, strip by strip. The output buffer is on the
+        device when the VAE decoded whole, else on the CPU.
         """
         o = self.options
         h, w = lq.shape[-2] * o.scale, lq.shape[-1] * o.scale
