@@ -108,6 +108,7 @@ def main() -> None:
         FLUX_VAE,
         TINY_TRANSFORMER,
         TINY_VAE,
+        build_transformer,
         build_vae,
         random_embeddings,
     )
@@ -128,14 +129,7 @@ def main() -> None:
     tile = 128 if args.tiny else 1024
     torch.backends.cuda.matmul.allow_tf32 = True
 
-    from diffusers import FluxTransformer2DModel
-
-    torch.manual_seed(0)
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    with torch.device(device):
-        transformer = FluxTransformer2DModel(**tcfg).eval().requires_grad_(False)
-    torch.set_default_dtype(previous)
+    transformer = build_transformer(tcfg, dtype=dtype, device=device)
     vae = build_vae(vcfg, dtype=dtype, device=device)
     emb = random_embeddings(tcfg, text_len)
     cond = Conditioning(emb["prompt_embeds"], emb["pooled_prompt_embeds"], 1.0)

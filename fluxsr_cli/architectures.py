@@ -66,12 +66,19 @@ TINY_TEXT_LENGTH = 8  # T5 tokens in the tiny fixed conditioning
 
 
 def _build(cls: Any, config: dict[str, Any], dtype: torch.dtype, device: torch.device | str, seed: int):
-    """A diffusers model of class ``cls`` with seeded random weights, frozen, in eval mode."""
+    """A diffusers model of class ``cls`` with seeded random weights, frozen, in eval mode.
+
+    The weights are made in ``dtype`` on ``device`` directly: the full-size transformer in float32
+    first would need 48 GB (twice its bf16 size) for a moment.
+    """
     torch.manual_seed(seed)
-    with torch.device(device):
-        model = cls(**config)
-    if dtype != torch.float32:
-        model = model.to(dtype=dtype)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            model = cls(**config)
+    finally:
+        torch.set_default_dtype(previous)
     return model.eval().requires_grad_(False)
 
 
