@@ -235,6 +235,11 @@ def main() -> None:
         finally:
             use_blockwise_attention(vae)
 
+    @contextlib.contextmanager
+    def eager_with_sdpa():  # modules compiled for the rows above run eagerly here
+        with torch.compiler.set_stance("force_eager"), fused_vae_attention():
+            yield
+
     try:  # first, so that it is in the log even if the script is stopped later
         attention = vae_attention_seconds(torch, device, dtype, big) if device.type == "cuda" else {}
     except Exception as error:  # noqa: BLE001 - e.g. out of memory: report, keep the table
@@ -244,16 +249,16 @@ def main() -> None:
     for size in sizes:
         row("eager", base, size)
     row("eager", replace(base, tile_batch=4), big)  # --tile-batch without the recompile it costs compiled
-    for size in sizes:  # eager rows show what the blockwise attention gains
-        row("eager, VAE attention by SDPA", base, size, fused_vae_attention, until=args.budget * 0.3)
     # (cuDNN attention for the transformer was tried on an H200: no change, 7.53 vs 7.52 s at 4096 px)
     if not args.no_compile:
         place_models(transformer, vae, device, replace(base, compile=True))
         for size in sizes:
             row("compiled", base, size)
-        row("compiled", replace(base, tile_batch=4), big, until=args.budget * 0.6)  # a new batch shape recompiles
+        row("compiled", replace(base, tile_batch=4), big, until=args.budget * 0.65)  # a new batch shape recompiles
         row("compiled", vae_tiled, big, until=args.budget * 0.8)
         # (channels-last VAE tensors were tried: 1.5x slower on an H200, bench/vae_gpu.py)
+    for size in sizes:  # eager rows show what the blockwise attention gains (known on an H200: last)
+        row("eager, VAE attention by SDPA", base, size, eager_with_sdpa, until=args.budget * 0.9)
 
     lines = [f"Device: {name}; FLUX.1-dev architecture, random bf16 weights; tile {tile} px, overlap "
              f"{default_overlap(tile)} px, wavelet colour fix; warm, best of {args.repeats}.", "",
