@@ -100,7 +100,11 @@ def main() -> int:
     check("blockwise VAE attention on CUDA", blockwise)
 
     def blockwise_precision():
-        from fluxsr_cli.attention import blockwise_attention, float32_scores_supported
+        from fluxsr_cli.attention import (
+            blockwise_attention,
+            float32_scores_supported,
+            scaled_float32_scores_supported,
+        )
 
         g = torch.Generator(GPU).manual_seed(0)
         q = (torch.randn(1, 1, 4096, 512, generator=g, device=GPU) * 10).bfloat16()  # peaked attention
@@ -111,36 +115,49 @@ def main() -> int:
                   "sdpa": torch.nn.functional.scaled_dot_product_attention(q, k, v)}
         errors = {name: ((out.double() - exact).pow(2).mean().sqrt() / rms).item() for name, out in errors.items()}
         direct = float32_scores_supported(torch.device(GPU), torch.bfloat16)
+        scaled = scaled_float32_scores_supported(torch.device(GPU), torch.bfloat16)
         expected = GPU != "cpu" and tuple(int(p) for p in torch.__version__.split(".")[:2]) >= (2, 8)
         ok = errors["blockwise"] < 4e-3 and direct == expected
-        return ok, (f"bf16 -> float32 scores directly: {direct} (expected {expected}); rms error against "
+        return ok, (f"bf16 -> float32 scores directly: {direct} (expected {expected}), scaled in the matmul "
+                    f"by baddbmm: {scaled} (reported); rms error against "
                     f"float64, blockwise {errors['blockwise']:.2e}, SDPA {errors['sdpa']:.2e}")
     check("blockwise attention precision in bf16", blockwise_precision)
 
     def compiled_bf16_vae():
         """The production path: a bf16 VAE, the blockwise processor taking its head, compiled (a
-        counting backend, no Inductor): equal to SDPA, and no new graph for a third and fourth size."""
+        counting backend, no Inductor): as close to the float32 decoder as bf16 SDPA is, and no new
+        graph for a third and fourth size. (A bf16 decoder itself is off by ~0.08 at most from
+        float32, so blockwise and SDPA differ by as much from each other: judge both against float32.)"""
         from diffusers.models.attention_processor import AttnProcessor2_0
 
         from fluxsr_cli.attention import use_blockwise_attention
         from fluxsr_cli.checkpoint import load_vae
 
+        exact = load_vae(base, torch.float32).to(GPU)
         vae = load_vae(base, torch.bfloat16).to(GPU)
-        vae.set_attn_processor(AttnProcessor2_0())
+        for model in (exact, vae):
+            model.set_attn_processor(AttnProcessor2_0())
         g = torch.Generator(GPU).manual_seed(0)
         sides = (20, 24, 28, 32)
+
+        def rms(a, b):
+            return (a - b).pow(2).mean().sqrt().item()
+
         with torch.no_grad():
-            latents = [torch.randn(1, 16, n, n + 2, device=GPU, dtype=torch.bfloat16, generator=g) for n in sides]
-            references = [vae.decoder(z).float() for z in latents]  # SDPA, not compiled
+            latents = [torch.randn(1, 16, n, n + 2, device=GPU, generator=g) for n in sides]
+            references = [exact.decoder(z) for z in latents]
+            sdpa = [rms(vae.decoder(z.bfloat16()).float(), ref) for z, ref in zip(latents, references, strict=True)]
             use_blockwise_attention(vae, min_head_dim=1, devices=(torch.device(GPU).type,))
             graphs = []
             vae.decoder.compile(backend=lambda gm, ex: graphs.append(gm) or gm.forward, dynamic=None)
-            counts, worst = [], 0.0
+            counts, blockwise = [], []
             for z, ref in zip(latents, references, strict=True):
-                worst = max(worst, (vae.decoder(z).float() - ref).abs().max().item())
+                blockwise.append(rms(vae.decoder(z.bfloat16()).float(), ref))
                 counts.append(len(graphs))
-        ok = worst < 0.05 and counts[2] == counts[3]  # the fourth size compiles nothing new
-        return ok, f"graphs after each size {counts}; max |blockwise - SDPA| {worst:.2e} (bf16 tiny decoder)"
+        ratio = max(b / s for b, s in zip(blockwise, sdpa, strict=True))
+        ok = ratio < 1.5 and counts[2] == counts[3]  # the fourth size compiles nothing new
+        return ok, (f"graphs after each size {counts}; rms error against the float32 decoder, blockwise "
+                    f"{max(blockwise):.2e}, SDPA {max(sdpa):.2e} (worst ratio {ratio:.2f}; bf16 tiny decoder)")
     check("compiled bf16 VAE with the blockwise attention", compiled_bf16_vae)
 
     def bf16():

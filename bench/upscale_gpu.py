@@ -52,10 +52,13 @@ def vae_flops(vae_config: dict, size: int) -> float:
 
 def vae_attention_seconds(torch, device, dtype, size: int) -> dict[str, str]:
     """Seconds of one attention shaped like the VAE mid-block attention of a ``size`` px image, per SDPA
-    backend and for fluxsr's blockwise matmuls (with its largest deviation from the efficient kernel)."""
+    backend and for fluxsr's blockwise matmuls (with their largest deviation from the efficient kernel):
+    as ``--compile`` runs it (compiled softmax), as it runs eagerly, and eagerly with the scale as a
+    separate pass over the scores (the code before baddbmm's epilogue took it)."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    from fluxsr_cli.attention import blockwise_attention
+    from fluxsr_cli import attention
+    from fluxsr_cli.attention import blockwise_attention, softmax_probabilities
 
     tokens = (size // 8) ** 2
     g = torch.Generator(device).manual_seed(0)
@@ -68,25 +71,40 @@ def vae_attention_seconds(torch, device, dtype, size: int) -> dict[str, str]:
                 return torch.nn.functional.scaled_dot_product_attention(q, k, v)
         return call
 
+    def unscaled():  # bmm into float32, then the scale as its own pass
+        scaled = attention.scaled_float32_scores_supported
+        attention.scaled_float32_scores_supported = lambda *a: False
+        try:
+            return blockwise_attention(q, k, v)
+        finally:
+            attention.scaled_float32_scores_supported = scaled
+
+    compiled = torch.compile(softmax_probabilities, dynamic=True)
     candidates = {b.name.lower(): sdpa(b) for b in (SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION,
                                                      SDPBackend.CUDNN_ATTENTION)}
-    candidates["blockwise"] = lambda: blockwise_attention(q, k, v)
+    candidates["blockwise, compiled softmax"] = lambda: blockwise_attention(q, k, v, probabilities=compiled)
+    candidates["blockwise, eager"] = lambda: blockwise_attention(q, k, v)
+    candidates["blockwise, eager, scale as a pass"] = unscaled
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
     for name, call in candidates.items():
         try:
             call()
-            torch.cuda.synchronize()
+            sync()
             t0 = time.perf_counter()
             outputs[name] = call()
-            torch.cuda.synchronize()
+            sync()
             found[name] = f"{time.perf_counter() - t0:.3f}"
-        except RuntimeError as error:
+        except Exception as error:  # noqa: BLE001 - e.g. no kernel, or a compile failure: its entry says so
             found[name] = f"n/a ({str(error).splitlines()[0][:60]})"
-    from fluxsr_cli.attention import float32_scores_supported
-
-    found["bf16 into float32 scores directly"] = str(float32_scores_supported(device.type, dtype))
-    if "blockwise" in outputs and "efficient_attention" in outputs:
-        deviation = (outputs["blockwise"].float() - outputs["efficient_attention"].float()).abs().max().item()
-        found["blockwise vs efficient, max abs difference"] = f"{deviation:.2e}"
+    found["bf16 into float32 scores directly"] = str(attention.float32_scores_supported(device, dtype))
+    found["... scaled by baddbmm"] = str(attention.scaled_float32_scores_supported(device, dtype))
+    if "efficient_attention" in outputs:
+        for name in [n for n in outputs if n.startswith("blockwise")]:
+            deviation = (outputs[name].float() - outputs["efficient_attention"].float()).abs().max().item()
+            found[f"{name} vs efficient, max abs difference"] = f"{deviation:.2e}"
     return found
 
 
@@ -98,6 +116,8 @@ def main() -> None:
     parser.add_argument("--sizes", default="1024,4096")
     parser.add_argument("--budget", type=float, default=360.0,
                         help="seconds: the optional rows are skipped as the script nears this")
+    parser.add_argument("--attention-only", action="store_true",
+                        help="time only the VAE mid-block attention at each of --sizes (no models built)")
     args = parser.parse_args()
 
     import torch
@@ -129,6 +149,12 @@ def main() -> None:
     tile = 128 if args.tiny else 1024
     torch.backends.cuda.matmul.allow_tf32 = True
 
+    if args.attention_only:
+        name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+        for size in sizes:
+            print(f"VAE mid-block attention at {size} px on {name}: "
+                  f"{vae_attention_seconds(torch, device, dtype, size)}", flush=True)
+        return
     transformer = build_transformer(tcfg, dtype=dtype, device=device)
     vae = build_vae(vcfg, dtype=dtype, device=device)
     emb = random_embeddings(tcfg, text_len)

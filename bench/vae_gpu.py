@@ -4,9 +4,11 @@ At 1024 px the VAE (encode + decode) takes about as long as the whole 12B transf
 ~120 TFLOP/s: its convolutions run in NCHW with GroupNorm and SiLU between them. This times VAE
 encode and decode of a ``--size`` px image (random bf16 weights, fluxsr's blockwise mid-block
 attention) with: the defaults; cuDNN autotuning (``cudnn.benchmark``); channels-last tensors; and
-``torch.compile`` of the encoder and decoder. Best of ``--repeats`` warm calls, milliseconds.
+``torch.compile`` of the encoder and decoder (and of the blockwise attention's softmax, as
+``--compile`` does). Best of ``--repeats`` warm calls, milliseconds.
 
     python bench/vae_gpu.py              # on the GPU machine, about a minute and a half
+    python bench/vae_gpu.py --size 4096 --repeats 2 --variants defaults,compile
     python bench/vae_gpu.py --tiny       # crash test on the CPU
 """
 
@@ -22,6 +24,8 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=1024)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--budget", type=float, default=110.0, help="seconds; compilation is skipped after it")
+    parser.add_argument("--variants", default="defaults,cudnn,channels-last,compile,compile-channels-last",
+                        help="comma-separated subset of the default list, run in that order")
     args = parser.parse_args()
 
     import torch
@@ -69,17 +73,25 @@ def main() -> None:
         except Exception as error:  # noqa: BLE001 - one variant failing costs only its row
             print(f"{label} failed: {type(error).__name__}: {str(error).splitlines()[0][:200]}", flush=True)
 
-    measure("defaults (NCHW)")
+    variants = set(args.variants.split(","))
+    if "defaults" in variants:
+        measure("defaults (NCHW)")
     torch.backends.cudnn.benchmark = True
-    measure("cudnn.benchmark")
-    vae.to(memory_format=torch.channels_last)
-    measure("cudnn.benchmark + channels-last", torch.channels_last)
-    vae.to(memory_format=torch.contiguous_format)
-    if time.perf_counter() - start < args.budget:
+    if "cudnn" in variants:
+        measure("cudnn.benchmark")
+    if "channels-last" in variants:
+        vae.to(memory_format=torch.channels_last)
+        measure("cudnn.benchmark + channels-last", torch.channels_last)
+        vae.to(memory_format=torch.contiguous_format)
+    compiled = False
+    if variants & {"compile", "compile-channels-last"} and time.perf_counter() - start < args.budget:
+        use_blockwise_attention(vae, compile_softmax=True)  # as fluxsr_cli.memory.place_models with --compile
         vae.encoder.compile()
         vae.decoder.compile()
+        compiled = True
+    if compiled and "compile" in variants:
         measure("cudnn.benchmark + torch.compile")
-    if time.perf_counter() - start < args.budget:
+    if compiled and "compile-channels-last" in variants and time.perf_counter() - start < args.budget:
         vae.to(memory_format=torch.channels_last)
         measure("cudnn.benchmark + torch.compile + channels-last", torch.channels_last)
 

@@ -18,6 +18,7 @@ the scores and the softmax are float32, as in the fused kernels.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 
 import torch
 
@@ -39,16 +40,42 @@ def float32_scores_supported(device: torch.device, dtype: torch.dtype) -> bool:
         return False
 
 
+@torch.compiler.disable
+@functools.cache
+def scaled_float32_scores_supported(device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether ``torch.baddbmm(zero, a, b, out_dtype=float32, beta=0, alpha=scale)`` on ``device``
+    gives ``scale * (a @ b)`` in float32 for ``dtype`` matrices, ignoring a broadcast 0-d input: the
+    scale then costs nothing (the matmul's epilogue applies it) instead of a pass over the scores."""
+    if dtype in (torch.float32, torch.float64) or not float32_scores_supported(device, dtype):
+        return False
+    try:
+        a = torch.ones(1, 2, 2, device=device, dtype=dtype)
+        nan = torch.full((), float("nan"), device=device)  # beta=0 must ignore it
+        out = torch.baddbmm(nan, a, a, out_dtype=torch.float32, beta=0, alpha=0.25)
+        return out.dtype == torch.float32 and out.shape == (1, 2, 2) and bool((out == 0.5).all())
+    except (TypeError, RuntimeError, NotImplementedError):
+        return False
+
+
+def softmax_probabilities(scores: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """One block's attention probabilities: softmax of float32 ``scores`` over the last dimension,
+    cast to ``dtype``. Eagerly that is two passes over the scores (and a float32 temporary);
+    ``torch.compile`` fuses them into one kernel that writes ``dtype`` directly."""
+    return scores.softmax(-1).to(dtype)
+
+
 @torch.compiler.disable  # a Python loop over blocks: compiled, it pinned every image size and unrolled
-def blockwise_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                        max_score_bytes: int = SCORE_BYTES) -> torch.Tensor:
+def blockwise_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, max_score_bytes: int = SCORE_BYTES,
+                        probabilities: Callable[[torch.Tensor, torch.dtype], torch.Tensor] = softmax_probabilities,
+                        ) -> torch.Tensor:
     """``softmax(q k^T / sqrt(d)) v`` for [B, H, S_q, d] queries and [B, H, S_k, d] keys and values.
 
     Exact (no approximation); the query rows are taken in blocks whose float32 scores [B, H, n, S_k]
     fit ``max_score_bytes``. The scores and the softmax are float32 whatever the input dtype, as in
     the fused kernels (half-precision scores lose the tails of peaked attention: with logits of
     ~10, 2.5 % rms error against 0.2 %); the probabilities are cast to the dtype of ``v`` for the
-    second product. Returns [B, H, S_q, d_v] in the dtype of ``v``.
+    second product by ``probabilities`` (:func:`softmax_probabilities`, or a compiled version of
+    it). Returns [B, H, S_q, d_v] in the dtype of ``v``.
     """
     b, h, s_q, d = q.shape
     s_k = k.shape[-2]
@@ -57,19 +84,23 @@ def blockwise_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     scale = d ** -0.5  # applied in float32: scaling half-precision keys would round every key
     work = torch.promote_types(q.dtype, torch.float32)  # the scores' dtype: float32, or float64
     half_into_float = work != q.dtype and float32_scores_supported(q.device, q.dtype)
+    scaled = half_into_float and scaled_float32_scores_supported(q.device, q.dtype)
     if half_into_float:
         k_t = k.reshape(b * h, s_k, d).transpose(1, 2)  # [BH, d, S_k]
+        zero = q.new_zeros((), dtype=torch.float32)  # baddbmm's input, ignored (beta=0)
     else:
         k_t = (k.reshape(b * h, s_k, d).to(work) * scale).transpose(1, 2)
     rows = max(1, max_score_bytes // (b * h * s_k * work.itemsize))
     out = v3.new_empty(b * h, s_q, v.shape[-1])
     for start in range(0, s_q, rows):
         block = q3[:, start:start + rows]
-        if half_into_float:
-            scores = torch.bmm(block, k_t, out_dtype=torch.float32).mul_(scale)  # [BH, n, S_k]
+        if scaled:  # [BH, n, S_k] float32 scores, scaled in the matmul's epilogue
+            scores = torch.baddbmm(zero, block, k_t, out_dtype=torch.float32, beta=0, alpha=scale)
+        elif half_into_float:
+            scores = torch.bmm(block, k_t, out_dtype=torch.float32).mul_(scale)
         else:
             scores = torch.bmm(block.to(work), k_t)
-        out[:, start:start + rows] = torch.bmm(scores.softmax(-1).to(v.dtype), v3)
+        out[:, start:start + rows] = torch.bmm(probabilities(scores, v.dtype), v3)
         del scores
     return out.reshape(b, h, s_q, v.shape[-1])
 
@@ -83,13 +114,17 @@ class BlockwiseAttnProcessor:
     """
 
     def __init__(self, max_score_bytes: int = SCORE_BYTES, min_head_dim: int = FUSED_MAX_HEAD_DIM + 1,
-                 devices: tuple[str, ...] = ("cuda",)) -> None:
+                 devices: tuple[str, ...] = ("cuda",), compile_softmax: bool = False) -> None:
         from diffusers.models.attention_processor import AttnProcessor2_0
 
         self.max_score_bytes = max_score_bytes
         self.min_head_dim = min_head_dim
         self.devices = devices
         self.fallback = AttnProcessor2_0()
+        # compiled on first use, with dynamic sizes (the block and the image size vary); under
+        # torch.compiler.set_stance("force_eager") (the tiled VAE) it runs eagerly like the rest
+        self.probabilities = (torch.compile(softmax_probabilities, dynamic=True) if compile_softmax
+                              else softmax_probabilities)
 
     def handles(self, attn: torch.nn.Module, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None,
                 attention_mask: torch.Tensor | None) -> bool:
@@ -116,7 +151,7 @@ class BlockwiseAttnProcessor:
             x = attn.group_norm(x)
         x = x.transpose(1, 2)  # [B, S, C]
         q, k, v = (proj(x).unflatten(-1, (attn.heads, -1)).transpose(1, 2) for proj in (attn.to_q, attn.to_k, attn.to_v))
-        out = blockwise_attention(q, k, v, self.max_score_bytes)  # [B, heads, S, d]
+        out = blockwise_attention(q, k, v, self.max_score_bytes, self.probabilities)  # [B, heads, S, d]
         out = attn.to_out[1](attn.to_out[0](out.transpose(1, 2).flatten(2)))  # [B, S, C]
         out = out.transpose(1, 2).reshape(b, c, h, w)
         if attn.residual_connection:

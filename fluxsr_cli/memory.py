@@ -70,8 +70,11 @@ def place_models(transformer: torch.nn.Module, vae: torch.nn.Module, device: tor
             raise ValueError(f"offload must be none, model or sequential, got {offload!r}")
     from fluxsr_cli.attention import use_blockwise_attention
 
-    use_blockwise_attention(vae)  # the VAE's single 512-wide attention head: plain matmuls on CUDA
-    if getattr(options, "compile", False):
+    compile_models = bool(getattr(options, "compile", False))
+    # the VAE's single 512-wide attention head: plain matmuls on CUDA, the softmax between them
+    # compiled with the rest (it runs eagerly between the compiled graphs: see fluxsr_cli.attention)
+    use_blockwise_attention(vae, compile_softmax=compile_models)
+    if compile_models:
         # PyTorch's automatic dynamic shapes: the first shape compiles static; a second shape (another
         # image size in a batch, or the last, smaller group of --tile-batch) recompiles once with
         # dynamic sizes, and later shapes reuse that. dynamic=False recompiled for every image size.

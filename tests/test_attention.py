@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from fluxsr_cli import attention as attention_lib
 from fluxsr_cli import memory
 from fluxsr_cli import vae as vae_lib
 from fluxsr_cli.architectures import TINY_TRANSFORMER, TINY_VAE, build_transformer, build_vae
@@ -81,6 +82,13 @@ def test_place_models_gives_the_vae_the_blockwise_processor():
     kinds = {type(p).__name__ for p in v.attn_processors.values()}
     assert kinds == {"BlockwiseAttnProcessor"}
     assert all(type(p).__name__ != "BlockwiseAttnProcessor" for p in t.attn_processors.values())
+    assert all(p.probabilities is attention_lib.softmax_probabilities for p in v.attn_processors.values())
+
+
+def test_place_models_with_compile_compiles_the_vae_softmax():
+    t, v = build_transformer(TINY_TRANSFORMER), build_vae(TINY_VAE)
+    memory.place_models(t, v, torch.device("cpu"), UpscaleOptions(compile=True))
+    assert all(p.probabilities is not attention_lib.softmax_probabilities for p in v.attn_processors.values())
 
 
 @pytest.mark.parametrize("logit_scale", [1.0, 10.0])
@@ -96,26 +104,80 @@ def test_blockwise_attention_in_bf16_keeps_float32_scores(logit_scale):
     assert error < 4e-3
 
 
-def test_blockwise_attention_half_into_float_path(monkeypatch):
-    """The CUDA path (bf16 matrices multiplied straight into float32 scores, scaled after), emulated."""
+@pytest.mark.parametrize("scaled", [True, False])  # baddbmm with the scale in the epilogue, or bmm then scale
+def test_blockwise_attention_half_into_float_path(monkeypatch, scaled):
+    """The CUDA path (bf16 matrices multiplied straight into float32 scores), emulated."""
     from fluxsr_cli import attention
 
-    real = torch.bmm
+    real_bmm, real_baddbmm = torch.bmm, torch.baddbmm
     asked = []
 
     def bmm(a, b, *, out_dtype=None, **kw):  # what torch.bmm(out_dtype=float32) computes on CUDA
-        asked.append(out_dtype)
-        return real(a.float(), b.float()) if out_dtype is not None else real(a, b, **kw)
+        asked.append(("bmm", out_dtype))
+        return real_bmm(a.float(), b.float()) if out_dtype is not None else real_bmm(a, b, **kw)
+
+    def baddbmm(c, a, b, *, out_dtype, beta, alpha):  # torch.baddbmm(out_dtype=float32) on CUDA
+        asked.append(("baddbmm", out_dtype))
+        assert c.ndim == 0 and beta == 0
+        return real_baddbmm(c, a.float(), b.float(), beta=beta, alpha=alpha)
 
     monkeypatch.setattr(attention, "float32_scores_supported", lambda device_type, dtype: True)
+    monkeypatch.setattr(attention, "scaled_float32_scores_supported", lambda device_type, dtype: scaled)
     monkeypatch.setattr(torch, "bmm", bmm)
+    monkeypatch.setattr(torch, "baddbmm", baddbmm)
     g = torch.Generator().manual_seed(1)
     q = (torch.randn(1, 1, 300, 512, generator=g) * 10).bfloat16()
     k, v = (torch.randn(1, 1, 300, 512, generator=g).bfloat16() for _ in range(2))
     out = blockwise_attention(q, k, v, max_score_bytes=64 * 300 * 4)
     exact = torch.nn.functional.scaled_dot_product_attention(q.double(), k.double(), v.double())
-    assert torch.float32 in asked and out.dtype == torch.bfloat16
+    assert (("baddbmm", torch.float32) in asked) == scaled and (("bmm", torch.float32) in asked) != scaled
+    assert out.dtype == torch.bfloat16
     assert (out.double() - exact).pow(2).mean().sqrt() / exact.pow(2).mean().sqrt() < 4e-3
+
+
+def test_scaled_scores_probe_is_false_where_there_is_no_such_kernel():
+    from fluxsr_cli.attention import scaled_float32_scores_supported
+
+    assert not scaled_float32_scores_supported(torch.device("cpu"), torch.bfloat16)  # no CPU kernel
+    assert not scaled_float32_scores_supported(torch.device("cpu"), torch.float32)  # nothing to gain
+
+
+def test_compiled_softmax_runs_compiled_inside_the_eager_block_loop():
+    """``--compile``: the block loop stays eager (a graph break in the compiled decoder) and calls a
+    compiled softmax, whose graphs serve every block and image size; the result is unchanged."""
+    torch.compiler.reset()  # no graphs left by other tests for the same (diffusers) code
+    vae = build_vae(TINY_VAE, seed=3)
+    graphs = []
+
+    def backend(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    processor = BlockwiseAttnProcessor(max_score_bytes=4096, min_head_dim=1, devices=("cpu",))
+    processor.probabilities = torch.compile(attention_lib.softmax_probabilities, backend=backend, dynamic=True)
+    vae.set_attn_processor(processor)
+    vae.decoder.compile(backend=lambda gm, ex: gm.forward, dynamic=None)
+    counts = []
+    with torch.no_grad():
+        for side in (20, 24, 28):
+            z = torch.randn(1, 16, side, side + 2, generator=torch.Generator().manual_seed(side))
+            out = vae.decoder(z)
+            counts.append(len(graphs))
+    # compiled with dynamic sizes: one graph for every block and image size (plus one for a
+    # last block of a single row: PyTorch specialises sizes 0 and 1)
+    assert 1 <= counts[0] <= counts[1] == counts[2] <= 2
+    reference = build_vae(TINY_VAE, seed=3)
+    with torch.no_grad():
+        torch.testing.assert_close(out, reference.decoder(z), atol=1e-5, rtol=1e-5)
+
+
+def test_compile_softmax_option_uses_torch_compile():
+    plain = BlockwiseAttnProcessor()
+    compiled = BlockwiseAttnProcessor(compile_softmax=True)
+    assert plain.probabilities is attention_lib.softmax_probabilities
+    assert compiled.probabilities is not attention_lib.softmax_probabilities
+    scores = torch.randn(3, 5, 40, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(compiled.probabilities(scores, torch.float32), scores.softmax(-1))  # Inductor
 
 
 def test_processor_leaves_autograd_to_diffusers():
@@ -139,6 +201,7 @@ def test_blockwise_attention_keeps_float64():
 
 def test_compiled_vae_with_blockwise_attention_reuses_its_graphs_across_sizes():
     """The block loop is not traced: a third and fourth image size compile nothing new."""
+    torch.compiler.reset()  # no graphs left by other tests for the same (diffusers) code
     vae = build_vae(TINY_VAE, seed=3)
     use_blockwise_attention(vae, min_head_dim=1, devices=("cpu",), max_score_bytes=4096)
     graphs = []
