@@ -53,8 +53,7 @@ def vae_flops(vae_config: dict, size: int) -> float:
 def vae_attention_seconds(torch, device, dtype, size: int) -> dict[str, str]:
     """Seconds of one attention shaped like the VAE mid-block attention of a ``size`` px image, per SDPA
     backend and for fluxsr's blockwise matmuls (with their largest deviation from the efficient kernel):
-    as ``--compile`` runs it (compiled softmax), as it runs eagerly, and eagerly with the scale as a
-    separate pass over the scores (the code before baddbmm's epilogue took it)."""
+    as ``--compile`` runs it (compiled softmax) and as it runs eagerly."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     from fluxsr_cli import attention
@@ -71,20 +70,11 @@ def vae_attention_seconds(torch, device, dtype, size: int) -> dict[str, str]:
                 return torch.nn.functional.scaled_dot_product_attention(q, k, v)
         return call
 
-    def unscaled():  # bmm into float32, then the scale as its own pass
-        scaled = attention.scaled_float32_scores_supported
-        attention.scaled_float32_scores_supported = lambda *a: False
-        try:
-            return blockwise_attention(q, k, v)
-        finally:
-            attention.scaled_float32_scores_supported = scaled
-
     compiled = torch.compile(softmax_probabilities, dynamic=True)
     candidates = {b.name.lower(): sdpa(b) for b in (SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION,
                                                      SDPBackend.CUDNN_ATTENTION)}
     candidates["blockwise, compiled softmax"] = lambda: blockwise_attention(q, k, v, probabilities=compiled)
     candidates["blockwise, eager"] = lambda: blockwise_attention(q, k, v)
-    candidates["blockwise, eager, scale as a pass"] = unscaled
     def sync() -> None:
         if device.type == "cuda":
             torch.cuda.synchronize()
@@ -100,7 +90,6 @@ def vae_attention_seconds(torch, device, dtype, size: int) -> dict[str, str]:
         except Exception as error:  # noqa: BLE001 - e.g. no kernel, or a compile failure: its entry says so
             found[name] = f"n/a ({str(error).splitlines()[0][:60]})"
     found["bf16 into float32 scores directly"] = str(attention.float32_scores_supported(device, dtype))
-    found["... scaled by baddbmm"] = str(attention.scaled_float32_scores_supported(device, dtype))
     if "efficient_attention" in outputs:
         for name in [n for n in outputs if n.startswith("blockwise")]:
             deviation = (outputs[name].float() - outputs["efficient_attention"].float()).abs().max().item()

@@ -8,7 +8,7 @@ attention) with: the defaults; cuDNN autotuning (``cudnn.benchmark``); channels-
 ``--compile`` does). Best of ``--repeats`` warm calls, milliseconds.
 
     python bench/vae_gpu.py              # on the GPU machine, about a minute and a half
-    python bench/vae_gpu.py --size 4096 --repeats 2 --variants defaults,compile
+    python bench/vae_gpu.py --size 4096 --repeats 2 --variants defaults,compile  # compiling: 2+ minutes
     python bench/vae_gpu.py --tiny       # crash test on the CPU
 """
 

@@ -12,7 +12,9 @@ that the scores never take more than a fixed budget of memory. :class:`Blockwise
 plugs it into diffusers' ``Attention`` modules through the public ``set_attn_processor``; it only
 takes over where it helps (wide heads on CUDA, where half-precision matrices multiply straight
 into float32 scores) and hands every other call to diffusers' own ``AttnProcessor2_0``. Precision:
-the scores and the softmax are float32, as in the fused kernels.
+the scores and the softmax are float32, as in the fused kernels. Speed (H200, 4096 px output, one
+call): 1.49 s through the memory-efficient kernel, 0.74 s blockwise, 0.67 s blockwise with the
+softmax compiled (``--compile``: one kernel reads the float32 scores once and writes bf16).
 """
 
 from __future__ import annotations
@@ -37,23 +39,6 @@ def float32_scores_supported(device: torch.device, dtype: torch.dtype) -> bool:
         a = torch.ones(1, 2, 2, device=device, dtype=dtype)
         return torch.bmm(a, a, out_dtype=torch.float32).dtype == torch.float32
     except (TypeError, RuntimeError, NotImplementedError):  # no such argument, or no such kernel
-        return False
-
-
-@torch.compiler.disable
-@functools.cache
-def scaled_float32_scores_supported(device: torch.device, dtype: torch.dtype) -> bool:
-    """Whether ``torch.baddbmm(zero, a, b, out_dtype=float32, beta=0, alpha=scale)`` on ``device``
-    gives ``scale * (a @ b)`` in float32 for ``dtype`` matrices, ignoring a broadcast 0-d input: the
-    scale then costs nothing (the matmul's epilogue applies it) instead of a pass over the scores."""
-    if dtype in (torch.float32, torch.float64) or not float32_scores_supported(device, dtype):
-        return False
-    try:
-        a = torch.ones(1, 2, 2, device=device, dtype=dtype)
-        nan = torch.full((), float("nan"), device=device)  # beta=0 must ignore it
-        out = torch.baddbmm(nan, a, a, out_dtype=torch.float32, beta=0, alpha=0.25)
-        return out.dtype == torch.float32 and out.shape == (1, 2, 2) and bool((out == 0.5).all())
-    except (TypeError, RuntimeError, NotImplementedError):
         return False
 
 
@@ -84,19 +69,15 @@ def blockwise_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, max_s
     scale = d ** -0.5  # applied in float32: scaling half-precision keys would round every key
     work = torch.promote_types(q.dtype, torch.float32)  # the scores' dtype: float32, or float64
     half_into_float = work != q.dtype and float32_scores_supported(q.device, q.dtype)
-    scaled = half_into_float and scaled_float32_scores_supported(q.device, q.dtype)
     if half_into_float:
         k_t = k.reshape(b * h, s_k, d).transpose(1, 2)  # [BH, d, S_k]
-        zero = q.new_zeros((), dtype=torch.float32)  # baddbmm's input, ignored (beta=0)
     else:
         k_t = (k.reshape(b * h, s_k, d).to(work) * scale).transpose(1, 2)
     rows = max(1, max_score_bytes // (b * h * s_k * work.itemsize))
     out = v3.new_empty(b * h, s_q, v.shape[-1])
     for start in range(0, s_q, rows):
         block = q3[:, start:start + rows]
-        if scaled:  # [BH, n, S_k] float32 scores, scaled in the matmul's epilogue
-            scores = torch.baddbmm(zero, block, k_t, out_dtype=torch.float32, beta=0, alpha=scale)
-        elif half_into_float:
+        if half_into_float:  # [BH, n, S_k] float32 scores
             scores = torch.bmm(block, k_t, out_dtype=torch.float32).mul_(scale)
         else:
             scores = torch.bmm(block.to(work), k_t)

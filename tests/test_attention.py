@@ -104,42 +104,26 @@ def test_blockwise_attention_in_bf16_keeps_float32_scores(logit_scale):
     assert error < 4e-3
 
 
-@pytest.mark.parametrize("scaled", [True, False])  # baddbmm with the scale in the epilogue, or bmm then scale
-def test_blockwise_attention_half_into_float_path(monkeypatch, scaled):
-    """The CUDA path (bf16 matrices multiplied straight into float32 scores), emulated."""
+def test_blockwise_attention_half_into_float_path(monkeypatch):
+    """The CUDA path (bf16 matrices multiplied straight into float32 scores, scaled after), emulated."""
     from fluxsr_cli import attention
 
-    real_bmm, real_baddbmm = torch.bmm, torch.baddbmm
+    real = torch.bmm
     asked = []
 
     def bmm(a, b, *, out_dtype=None, **kw):  # what torch.bmm(out_dtype=float32) computes on CUDA
-        asked.append(("bmm", out_dtype))
-        return real_bmm(a.float(), b.float()) if out_dtype is not None else real_bmm(a, b, **kw)
-
-    def baddbmm(c, a, b, *, out_dtype, beta, alpha):  # torch.baddbmm(out_dtype=float32) on CUDA
-        asked.append(("baddbmm", out_dtype))
-        assert c.ndim == 0 and beta == 0
-        return real_baddbmm(c, a.float(), b.float(), beta=beta, alpha=alpha)
+        asked.append(out_dtype)
+        return real(a.float(), b.float()) if out_dtype is not None else real(a, b, **kw)
 
     monkeypatch.setattr(attention, "float32_scores_supported", lambda device_type, dtype: True)
-    monkeypatch.setattr(attention, "scaled_float32_scores_supported", lambda device_type, dtype: scaled)
     monkeypatch.setattr(torch, "bmm", bmm)
-    monkeypatch.setattr(torch, "baddbmm", baddbmm)
     g = torch.Generator().manual_seed(1)
     q = (torch.randn(1, 1, 300, 512, generator=g) * 10).bfloat16()
     k, v = (torch.randn(1, 1, 300, 512, generator=g).bfloat16() for _ in range(2))
     out = blockwise_attention(q, k, v, max_score_bytes=64 * 300 * 4)
     exact = torch.nn.functional.scaled_dot_product_attention(q.double(), k.double(), v.double())
-    assert (("baddbmm", torch.float32) in asked) == scaled and (("bmm", torch.float32) in asked) != scaled
-    assert out.dtype == torch.bfloat16
+    assert torch.float32 in asked and out.dtype == torch.bfloat16
     assert (out.double() - exact).pow(2).mean().sqrt() / exact.pow(2).mean().sqrt() < 4e-3
-
-
-def test_scaled_scores_probe_is_false_where_there_is_no_such_kernel():
-    from fluxsr_cli.attention import scaled_float32_scores_supported
-
-    assert not scaled_float32_scores_supported(torch.device("cpu"), torch.bfloat16)  # no CPU kernel
-    assert not scaled_float32_scores_supported(torch.device("cpu"), torch.float32)  # nothing to gain
 
 
 def test_compiled_softmax_runs_compiled_inside_the_eager_block_loop():
