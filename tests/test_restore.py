@@ -95,3 +95,28 @@ def test_embeddings_for_another_base_are_refused(tiny_ckpt, tmp_path):
               str(other / "embeddings.safetensors"))
     with pytest.raises(CheckpointError, match="width 4096.*expects 32"):
         load_upscaler(_opts(other))
+
+
+@pytest.mark.parametrize(("shape", "scale", "atol"), [
+    ((1, 3, 37, 301), 4, 1e-6), ((2, 3, 16, 9), 2, 1e-6), ((1, 3, 1, 5), 4, 1e-6), ((1, 3, 50, 70), 3, 2e-5),
+])
+def test_cpu_bicubic_is_pytorchs_bicubic(shape, scale, atol):
+    """On the CPU the bicubic runs through OpenCV: the same function as PyTorch's, clamped to [0, 1]."""
+    from fluxsr_cli.restore import bicubic_upsample
+
+    g = torch.Generator().manual_seed(0)
+    lq = torch.rand(*shape, generator=g) * 1.4 - 0.2  # overshoots both ends: the clamp matters
+    ref = torch.nn.functional.interpolate(lq, scale_factor=scale, mode="bicubic", align_corners=False).clamp(0, 1)
+    for x in (lq, lq.transpose(-1, -2).contiguous().transpose(-1, -2)):  # NCHW and a strided view
+        out = bicubic_upsample(x, scale)
+        assert out.shape == ref.shape and out.dtype == torch.float32
+        torch.testing.assert_close(out, ref, atol=atol, rtol=0)
+
+
+def test_bicubic_keeps_autograd_and_other_dtypes_on_pytorch():
+    from fluxsr_cli.restore import bicubic_upsample
+
+    lq = torch.rand(1, 3, 8, 8, requires_grad=True)
+    bicubic_upsample(lq, 4).sum().backward()  # OpenCV would cut the graph
+    assert lq.grad is not None and lq.grad.abs().sum() > 0
+    assert bicubic_upsample(torch.rand(1, 3, 8, 8, dtype=torch.float64), 2).dtype == torch.float64
