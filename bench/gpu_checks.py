@@ -118,10 +118,12 @@ def main() -> int:
     check("blockwise attention precision in bf16", blockwise_precision)
 
     def compiled_bf16_vae():
-        """The production path: a bf16 VAE, the blockwise processor taking its head, compiled (a
-        counting backend, no Inductor): as close to the float32 decoder as bf16 SDPA is, and no new
-        graph for a third and fourth size. (A bf16 decoder itself is off by ~0.08 at most from
-        float32, so blockwise and SDPA differ by as much from each other: judge both against float32.)"""
+        """The production path: a bf16 VAE, the blockwise processor taking its head with its softmax
+        compiled, the decoder compiled (a counting backend, no Inductor): as close to the float32
+        decoder as bf16 SDPA is, and no new graph for a third and fourth size. (A bf16 decoder
+        itself is off by ~0.08 at most from float32, so blockwise and SDPA differ by as much from
+        each other: judge both against float32. The compiled softmax was added to this check after
+        its last GPU run.)"""
         from diffusers.models.attention_processor import AttnProcessor2_0
 
         from fluxsr_cli.attention import use_blockwise_attention
@@ -141,7 +143,8 @@ def main() -> int:
             latents = [torch.randn(1, 16, n, n + 2, device=GPU, generator=g) for n in sides]
             references = [exact.decoder(z) for z in latents]
             sdpa = [rms(vae.decoder(z.bfloat16()).float(), ref) for z, ref in zip(latents, references, strict=True)]
-            use_blockwise_attention(vae, min_head_dim=1, devices=(torch.device(GPU).type,))
+            # the softmax compiled as --compile does (Inductor: Triton on CUDA)
+            use_blockwise_attention(vae, min_head_dim=1, devices=(torch.device(GPU).type,), compile_softmax=True)
             graphs = []
             vae.decoder.compile(backend=lambda gm, ex: graphs.append(gm) or gm.forward, dynamic=None)
             counts, blockwise = [], []

@@ -100,10 +100,13 @@ def test_embeddings_for_another_base_are_refused(tiny_ckpt, tmp_path):
 @pytest.mark.parametrize(("shape", "scale", "atol"), [
     ((1, 3, 37, 301), 4, 1e-6), ((2, 3, 16, 9), 2, 1e-6), ((1, 3, 1, 5), 4, 1e-6), ((1, 3, 50, 70), 3, 2e-5),
 ])
-def test_cpu_bicubic_is_pytorchs_bicubic(shape, scale, atol):
+def test_cpu_bicubic_is_pytorchs_bicubic(shape, scale, atol, monkeypatch):
     """On the CPU the bicubic runs through OpenCV: the same function as PyTorch's, clamped to [0, 1]."""
+    from fluxsr_cli import restore
     from fluxsr_cli.restore import bicubic_upsample
 
+    real, calls = restore._bicubic_opencv, []
+    monkeypatch.setattr(restore, "_bicubic_opencv", lambda x, s: calls.append(s) or real(x, s))
     g = torch.Generator().manual_seed(0)
     lq = torch.rand(*shape, generator=g) * 1.4 - 0.2  # overshoots both ends: the clamp matters
     ref = torch.nn.functional.interpolate(lq, scale_factor=scale, mode="bicubic", align_corners=False).clamp(0, 1)
@@ -111,6 +114,21 @@ def test_cpu_bicubic_is_pytorchs_bicubic(shape, scale, atol):
         out = bicubic_upsample(x, scale)
         assert out.shape == ref.shape and out.dtype == torch.float32
         torch.testing.assert_close(out, ref, atol=atol, rtol=0)
+    assert calls == [scale, scale]  # the OpenCV path ran, not PyTorch's
+
+
+def test_cpu_bicubic_ignores_the_default_dtype():
+    """The result is float32 whatever ``torch.set_default_dtype`` says (OpenCV cannot fill float64)."""
+    from fluxsr_cli.restore import bicubic_upsample
+
+    x = torch.full((1, 3, 4, 4), 0.5)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        out = bicubic_upsample(x, 2)
+    finally:
+        torch.set_default_dtype(previous)
+    assert out.dtype == torch.float32 and torch.equal(out, torch.full((1, 3, 8, 8), 0.5))
 
 
 def test_bicubic_keeps_autograd_and_other_dtypes_on_pytorch():
