@@ -71,8 +71,8 @@ def place_models(transformer: torch.nn.Module, vae: torch.nn.Module, device: tor
     from fluxsr_cli.attention import use_blockwise_attention
 
     compile_models = bool(getattr(options, "compile", False))
-    # the VAE's single 512-wide attention head: plain matmuls on CUDA, the softmax between them
-    # compiled with the rest (it runs eagerly between the compiled graphs: see fluxsr_cli.attention)
+    # the VAE's single 512-wide attention head: plain matmuls on CUDA, in a loop that runs eagerly
+    # between the compiled graphs (fluxsr_cli.attention); with --compile its softmax is compiled too
     use_blockwise_attention(vae, compile_softmax=compile_models)
     if compile_models:
         # PyTorch's automatic dynamic shapes: the first shape compiles static; a second shape (another
