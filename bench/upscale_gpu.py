@@ -75,6 +75,7 @@ def vae_attention_seconds(torch, device, dtype, size: int) -> dict[str, str]:
                                                      SDPBackend.CUDNN_ATTENTION)}
     candidates["blockwise, compiled softmax"] = lambda: blockwise_attention(q, k, v, probabilities=compiled)
     candidates["blockwise, eager"] = lambda: blockwise_attention(q, k, v)
+
     def sync() -> None:
         if device.type == "cuda":
             torch.cuda.synchronize()
