@@ -37,7 +37,7 @@ def main() -> None:
 
     from peft import LoraConfig
 
-    from fluxsr_cli.architectures import (
+    from fluxsr_cli.model.architectures import (
         FLUX_DEV_TRANSFORMER,
         FLUX_VAE,
         TINY_TRANSFORMER,
@@ -45,8 +45,8 @@ def main() -> None:
         build_transformer,
         build_vae,
     )
-    from fluxsr_cli.losses import LossWeights
-    from fluxsr_cli.train import ATTENTION_TARGETS, MLP_TARGETS, Student, training_step
+    from fluxsr_cli.train.losses import LossWeights
+    from fluxsr_cli.train.loop import ATTENTION_TARGETS, MLP_TARGETS, Student, training_step
 
     device = torch.device("cpu" if args.tiny or not torch.cuda.is_available() else "cuda")
     tconf, vconf = (TINY_TRANSFORMER, TINY_VAE) if args.tiny else (FLUX_DEV_TRANSFORMER, FLUX_VAE)

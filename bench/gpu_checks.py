@@ -30,8 +30,8 @@ def main() -> int:
     from PIL import Image
     from skimage import data
 
-    from fluxsr_cli.restore import UpscaleOptions, load_upscaler
-    from fluxsr_cli.tiny import add_to_hub_cache, save_tiny_base, save_tiny_checkpoint
+    from fluxsr_cli.upscale.restore import UpscaleOptions, load_upscaler
+    from fluxsr_cli.model.tiny import add_to_hub_cache, save_tiny_base, save_tiny_checkpoint
 
     if GPU == "cuda" and not torch.cuda.is_available():
         print("no CUDA device: nothing to check")
@@ -84,9 +84,9 @@ def main() -> int:
         check(f"--offload {offload} on CUDA", hooked)
 
     def blockwise():
-        from fluxsr_cli import vae as vae_lib
-        from fluxsr_cli.attention import use_blockwise_attention
-        from fluxsr_cli.checkpoint import load_vae
+        from fluxsr_cli.model import vae as vae_lib
+        from fluxsr_cli.model.attention import use_blockwise_attention
+        from fluxsr_cli.model.checkpoint import load_vae
 
         vae = load_vae(base, torch.float32).to(GPU)
         x = torch.from_numpy(np.ascontiguousarray(data.astronaut()[:256, :256])).permute(2, 0, 1)[None].to(GPU) / 255
@@ -100,7 +100,7 @@ def main() -> int:
     check("blockwise VAE attention on CUDA", blockwise)
 
     def blockwise_precision():
-        from fluxsr_cli.attention import blockwise_attention, float32_scores_supported
+        from fluxsr_cli.model.attention import blockwise_attention, float32_scores_supported
 
         g = torch.Generator(GPU).manual_seed(0)
         q = (torch.randn(1, 1, 4096, 512, generator=g, device=GPU) * 10).bfloat16()  # peaked attention
@@ -126,8 +126,8 @@ def main() -> int:
         its last GPU run.)"""
         from diffusers.models.attention_processor import AttnProcessor2_0
 
-        from fluxsr_cli.attention import use_blockwise_attention
-        from fluxsr_cli.checkpoint import load_vae
+        from fluxsr_cli.model.attention import use_blockwise_attention
+        from fluxsr_cli.model.checkpoint import load_vae
 
         exact = load_vae(base, torch.float32).to(GPU)
         vae = load_vae(base, torch.bfloat16).to(GPU)

@@ -27,7 +27,7 @@ def main() -> None:
     import torch
     from accelerate.hooks import remove_hook_from_module
 
-    from fluxsr_cli.architectures import (
+    from fluxsr_cli.model.architectures import (
         FLUX_DEV_TRANSFORMER,
         FLUX_VAE,
         TINY_TRANSFORMER,
@@ -36,9 +36,9 @@ def main() -> None:
         build_vae,
         random_embeddings,
     )
-    from fluxsr_cli.memory import place_models
-    from fluxsr_cli.restore import UpscaleOptions, Upscaler
-    from fluxsr_cli.student import Conditioning
+    from fluxsr_cli.model.placement import place_models
+    from fluxsr_cli.upscale.restore import UpscaleOptions, Upscaler
+    from fluxsr_cli.model.student import Conditioning
 
     start = time.perf_counter()
     device = torch.device("cpu" if args.tiny else "cuda")

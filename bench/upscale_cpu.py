@@ -50,8 +50,8 @@ def measure(size: int, ckpt: str, threads: int, repeats: int = 1) -> dict:
     from skimage import data
     from skimage.transform import resize
 
-    from fluxsr_cli.restore import UpscaleOptions, load_upscaler
-    from fluxsr_cli.tiling import tile_boxes
+    from fluxsr_cli.upscale.restore import UpscaleOptions, load_upscaler
+    from fluxsr_cli.upscale.tiling import tile_boxes
 
     torch.set_num_threads(threads)
     up = load_upscaler(UpscaleOptions(model=ckpt, device="cpu"))
@@ -99,7 +99,7 @@ def main() -> None:
     if args.one:
         print(json.dumps(measure(args.one, args.ckpt, args.threads, args.repeats)))
         return
-    from fluxsr_cli.tiny import save_tiny_base, save_tiny_checkpoint
+    from fluxsr_cli.model.tiny import save_tiny_base, save_tiny_checkpoint
 
     with tempfile.TemporaryDirectory() as tmp:
         base = save_tiny_base(Path(tmp) / "base")

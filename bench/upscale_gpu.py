@@ -1,6 +1,6 @@
 """GPU benchmark of the one-step upscale with the full-size FLUX.1-dev architecture (issue 3; not a test).
 
-Builds the FLUX.1-dev transformer (11.9B) and VAE from their configs (``fluxsr_cli.architectures``)
+Builds the FLUX.1-dev transformer (11.9B) and VAE from their configs (``fluxsr_cli.model.architectures``)
 with random bf16 weights directly on the GPU (no download), random fixed embeddings [1, 512, 4096] /
 [1, 768], then times 1024 px and 4096 px outputs (x4) through ``Upscaler``: eager and compiled (the
 transformer, the VAE encoder and decoder), with ``--tile-batch`` 1 and 4, with the VAE whole or
@@ -56,8 +56,8 @@ def vae_attention_seconds(torch, device, dtype, size: int) -> dict[str, str]:
     as ``--compile`` runs it (compiled softmax) and as it runs eagerly."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    from fluxsr_cli import attention
-    from fluxsr_cli.attention import blockwise_attention, softmax_probabilities
+    from fluxsr_cli.model import attention
+    from fluxsr_cli.model.attention import blockwise_attention, softmax_probabilities
 
     tokens = (size // 8) ** 2
     g = torch.Generator(device).manual_seed(0)
@@ -112,8 +112,9 @@ def main() -> None:
 
     import torch
 
-    from fluxsr_cli import colorfix, restore
-    from fluxsr_cli.architectures import (
+    from fluxsr_cli.upscale import colorfix
+    from fluxsr_cli.upscale import restore
+    from fluxsr_cli.model.architectures import (
         FLUX_DEV_TRANSFORMER,
         FLUX_VAE,
         TINY_TRANSFORMER,
@@ -122,11 +123,11 @@ def main() -> None:
         build_vae,
         random_embeddings,
     )
-    from fluxsr_cli.latents import padded_size
-    from fluxsr_cli.memory import place_models
-    from fluxsr_cli.restore import UpscaleOptions, Upscaler
-    from fluxsr_cli.student import Conditioning
-    from fluxsr_cli.tiling import default_overlap, tile_boxes
+    from fluxsr_cli.model.latents import padded_size
+    from fluxsr_cli.model.placement import place_models
+    from fluxsr_cli.upscale.restore import UpscaleOptions, Upscaler
+    from fluxsr_cli.model.student import Conditioning
+    from fluxsr_cli.upscale.tiling import default_overlap, tile_boxes
 
     start_all = time.perf_counter()
     device = torch.device("cpu" if args.tiny else "cuda")
@@ -243,7 +244,7 @@ def main() -> None:
     def fused_vae_attention():  # the VAE attention as diffusers runs it: PyTorch SDPA
         from diffusers.models.attention_processor import AttnProcessor2_0
 
-        from fluxsr_cli.attention import use_blockwise_attention
+        from fluxsr_cli.model.attention import use_blockwise_attention
 
         vae.set_attn_processor(AttnProcessor2_0())
         try:

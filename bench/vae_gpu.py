@@ -30,8 +30,8 @@ def main() -> None:
 
     import torch
 
-    from fluxsr_cli.architectures import FLUX_VAE, TINY_VAE, build_vae
-    from fluxsr_cli.attention import use_blockwise_attention
+    from fluxsr_cli.model.architectures import FLUX_VAE, TINY_VAE, build_vae
+    from fluxsr_cli.model.attention import use_blockwise_attention
 
     start = time.perf_counter()
     device = torch.device("cpu" if args.tiny else "cuda")
@@ -85,7 +85,7 @@ def main() -> None:
         vae.to(memory_format=torch.contiguous_format)
     compiled = False
     if variants & {"compile", "compile-channels-last"} and time.perf_counter() - start < args.budget:
-        use_blockwise_attention(vae, compile_softmax=True)  # as fluxsr_cli.memory.place_models with --compile
+        use_blockwise_attention(vae, compile_softmax=True)  # as fluxsr_cli.model.placement.place_models with --compile
         vae.encoder.compile()
         vae.decoder.compile()
         compiled = True

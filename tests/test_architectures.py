@@ -3,8 +3,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fluxsr_cli import architectures
-from fluxsr_cli.architectures import TINY_TRANSFORMER, TINY_VAE, build_transformer, build_vae
+from fluxsr_cli.model import architectures
+from fluxsr_cli.model.architectures import TINY_TRANSFORMER, TINY_VAE, build_transformer, build_vae
 
 
 @pytest.mark.parametrize("build, config", [(build_transformer, TINY_TRANSFORMER), (build_vae, TINY_VAE)])

@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fluxsr_cli import attention as attention_lib
-from fluxsr_cli import memory
-from fluxsr_cli import vae as vae_lib
-from fluxsr_cli.architectures import TINY_TRANSFORMER, TINY_VAE, build_transformer, build_vae
-from fluxsr_cli.attention import BlockwiseAttnProcessor, blockwise_attention, use_blockwise_attention
-from fluxsr_cli.restore import UpscaleOptions
+from fluxsr_cli.model import attention as attention_lib
+from fluxsr_cli.model import placement as memory
+from fluxsr_cli.model import vae as vae_lib
+from fluxsr_cli.model.architectures import TINY_TRANSFORMER, TINY_VAE, build_transformer, build_vae
+from fluxsr_cli.model.attention import BlockwiseAttnProcessor, blockwise_attention, use_blockwise_attention
+from fluxsr_cli.upscale.restore import UpscaleOptions
 
 
 @pytest.mark.parametrize("budget", [1, 7 * 37 * 4 * 2 * 3, 10**9])  # one row per block, 7 rows (uneven), all
@@ -108,7 +108,7 @@ def test_blockwise_attention_in_bf16_keeps_float32_scores(logit_scale):
 
 def test_blockwise_attention_half_into_float_path(monkeypatch):
     """The CUDA path (bf16 matrices multiplied straight into float32 scores, scaled after), emulated."""
-    from fluxsr_cli import attention
+    from fluxsr_cli.model import attention
 
     real = torch.bmm
     asked = []

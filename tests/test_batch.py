@@ -16,7 +16,7 @@ import pytest
 from accelerate import PartialState
 from PIL import Image
 
-from fluxsr_cli.batch import (
+from fluxsr_cli.upscale.batch import (
     BatchConfig,
     WriteOptions,
     plan_batch,
@@ -298,7 +298,7 @@ def test_accelerate_single_process_does_everything(tmp_path):
 SCRIPT = """
 import atexit, sys, cv2, numpy as np
 import torch.distributed as dist
-from fluxsr_cli.batch import BatchConfig, run_batch
+from fluxsr_cli.upscale.batch import BatchConfig, run_batch
 from fluxsr_cli.processes import default_processes
 
 def bicubic(rgb):

@@ -8,9 +8,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from fluxsr_cli import checkpoint as ck
+from fluxsr_cli.model import checkpoint as ck
 from fluxsr_cli.errors import CheckpointError
-from fluxsr_cli.student import Conditioning, velocity
+from fluxsr_cli.model.student import Conditioning, velocity
 from tests.conftest import HUB_BASE, HUB_MODEL
 
 

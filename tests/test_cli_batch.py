@@ -1,6 +1,6 @@
 """`fluxsr batch` through Typer's CliRunner on real and odd files, with a bicubic stand-in for the model.
 
-The model is replaced at its one seam, ``fluxsr_cli.restore.load_upscaler``; the end-to-end run with
+The model is replaced at its one seam, ``fluxsr_cli.upscale.restore.load_upscaler``; the end-to-end run with
 the tiny checkpoint lives with the restore tests.
 """
 
@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-import fluxsr_cli.restore
+import fluxsr_cli.upscale.restore
 from fluxsr_cli.cli import app
 from fluxsr_cli.progress import no_progress
 from tests.test_imageio import (
@@ -37,7 +37,7 @@ runner = CliRunner()
 
 
 class FakeUpscaler:
-    """Bicubic at ``options.scale``, shaped like ``fluxsr_cli.restore.Upscaler``."""
+    """Bicubic at ``options.scale``, shaped like ``fluxsr_cli.upscale.restore.Upscaler``."""
 
     def __init__(self, options):
         self.options = options
@@ -61,7 +61,7 @@ def loads(monkeypatch):
         made.append(FakeUpscaler(options))
         return made[-1]
 
-    monkeypatch.setattr(fluxsr_cli.restore, "load_upscaler", fake_load)
+    monkeypatch.setattr(fluxsr_cli.upscale.restore, "load_upscaler", fake_load)
     return made
 
 

@@ -14,9 +14,9 @@ from skimage import data
 from typer.testing import CliRunner
 
 from fluxsr_cli.cli import app
-from fluxsr_cli.evaluate import EvalConfig, evaluate
-from fluxsr_cli.lpips import LPIPS_HEADS_FILE, VGG16_FILE
-from fluxsr_cli.metrics import psnr_y, ssim_y
+from fluxsr_cli.quality.evaluate import EvalConfig, evaluate
+from fluxsr_cli.quality.lpips import LPIPS_HEADS_FILE, VGG16_FILE
+from fluxsr_cli.quality.metrics import psnr_y, ssim_y
 from tests.lpips_weights import lpips_cache
 
 PHOTOS = ("astronaut", "coffee", "chelsea")

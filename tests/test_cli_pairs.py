@@ -15,7 +15,7 @@ runner = CliRunner()
 
 @pytest.fixture(scope="module")
 def ftd_toml(tmp_path_factory) -> Path:
-    from fluxsr_cli.tiny_teacher import save_tiny_teacher, synthetic_prompts
+    from fluxsr_cli.train.tiny_teacher import save_tiny_teacher, synthetic_prompts
 
     root = tmp_path_factory.mktemp("cli")
     teacher = save_tiny_teacher(root / "teacher")

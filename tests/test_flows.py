@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from fluxsr_cli import flows
+from fluxsr_cli.model import flows
 
 T_LS = [0.1, 0.25, 0.5, 0.8]
 

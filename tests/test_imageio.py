@@ -17,7 +17,7 @@ from PIL import Image, ImageCms, ImageOps
 from skimage import data
 
 from fluxsr_cli.errors import InputError
-from fluxsr_cli.imageio import (
+from fluxsr_cli.images.reading import (
     apply_orientation,
     image_size,
     png_with_chunks,

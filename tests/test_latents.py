@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from fluxsr_cli import latents
+from fluxsr_cli.model import latents
 
 
 @pytest.mark.parametrize("h,w", [(2, 2), (6, 10), (16, 4)])

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from fluxsr_cli.errors import ConfigError
-from fluxsr_cli.flows import noise_to_lr, sr_velocity
-from fluxsr_cli.losses import (
+from fluxsr_cli.model.flows import noise_to_lr, sr_velocity
+from fluxsr_cli.train.losses import (
     LossWeights,
     adl_loss,
     ftd_loss,
@@ -94,7 +94,7 @@ def test_reconstruction_and_total_loss_follow_the_formula():
         def forward(self, a, b):
             return (a - b).abs().mean(dim=(1, 2, 3))
 
-    from fluxsr_cli.lpips import tv_map
+    from fluxsr_cli.quality.lpips import tv_map
 
     w = LossWeights(ftd=2.0, rec=3.0, tv=0.5, adl=0.25, gamma=0.7)
     terms = reconstruction_loss(x_hat, x_0, FakeLpips(), w)
@@ -112,7 +112,7 @@ def test_reconstruction_and_total_loss_follow_the_formula():
 
 
 def test_reconstruction_with_real_lpips_is_zero_for_equal_images_and_has_gradients():
-    from fluxsr_cli.lpips import load_lpips
+    from fluxsr_cli.quality.lpips import load_lpips
     from tests.lpips_weights import lpips_cache
 
     lpips = load_lpips(cache_dir=lpips_cache())

@@ -12,7 +12,7 @@ from skimage import data
 from skimage.transform import resize
 
 from fluxsr_cli.errors import CheckpointError, InputError
-from fluxsr_cli.lpips import LPIPS, LPIPS_HEADS_FILE, VGG16_FILE, load_lpips, tv_lpips, tv_map
+from fluxsr_cli.quality.lpips import LPIPS, LPIPS_HEADS_FILE, VGG16_FILE, load_lpips, tv_lpips, tv_map
 from tests.lpips_weights import lpips_cache
 
 SIZE = 64

@@ -10,7 +10,7 @@ from skimage import data
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from fluxsr_cli.errors import InputError
-from fluxsr_cli.metrics import crop_border, psnr, psnr_y, rgb_to_y, ssim, ssim_y
+from fluxsr_cli.quality.metrics import crop_border, psnr, psnr_y, rgb_to_y, ssim, ssim_y
 
 
 def _photo(name: str, size: int = 96) -> np.ndarray:

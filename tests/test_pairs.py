@@ -14,7 +14,7 @@ from PIL import Image
 
 from fluxsr_cli.configs import load_config
 from fluxsr_cli.errors import ConfigError, InputError
-from fluxsr_cli.pairs import PairsConfig, derive_seed, generate_pairs, item_names, read_prompts
+from fluxsr_cli.train.pairs import PairsConfig, derive_seed, generate_pairs, item_names, read_prompts
 
 MANIFEST_KEYS = {"index", "seed", "prompt", "latents", "hq", "lq", "height", "width", "scale", "teacher",
                  "degradation"}
@@ -23,14 +23,14 @@ SIZE = 32  # px; latents are [16, 4, 4]
 
 @pytest.fixture(scope="module")
 def teacher(tmp_path_factory) -> Path:
-    from fluxsr_cli.tiny_teacher import save_tiny_teacher
+    from fluxsr_cli.train.tiny_teacher import save_tiny_teacher
 
     return save_tiny_teacher(tmp_path_factory.mktemp("teacher") / "tiny-flux")
 
 
 @pytest.fixture(scope="module")
 def prompts_file(tmp_path_factory) -> Path:
-    from fluxsr_cli.tiny_teacher import synthetic_prompts
+    from fluxsr_cli.train.tiny_teacher import synthetic_prompts
 
     path = tmp_path_factory.mktemp("prompts") / "prompts.txt"
     path.write_text("\n".join(synthetic_prompts(4, seed=7)) + "\n\n")  # 4 prompts for 6 items: they cycle
@@ -67,7 +67,7 @@ def full_run(config, tmp_path_factory):
 
 
 def test_six_pairs_make_a_valid_data_set(full_run, prompts_file, teacher):
-    from fluxsr_cli.dataset import PairDataset, load_embeddings, read_manifest
+    from fluxsr_cli.train.dataset import PairDataset, load_embeddings, read_manifest
 
     root, summary = full_run
     assert (summary.generated, summary.skipped, summary.in_manifest) == (6, 0, 6)
@@ -109,11 +109,11 @@ def test_z0_regenerates_from_stored_eps_and_seed(full_run, teacher, config):
     pipeline's own decode of that sample matches D(z_0) (same latent convention); z_L = E(up(lq.png))."""
     from diffusers import FluxPipeline
 
-    from fluxsr_cli import vae as vae_lib
-    from fluxsr_cli.dataset import PairDataset, load_image, read_manifest
-    from fluxsr_cli.latents import pack
-    from fluxsr_cli.pairs import draw_eps, encode_prompts, teacher_latent
-    from fluxsr_cli.restore import bicubic_upsample
+    from fluxsr_cli.model import vae as vae_lib
+    from fluxsr_cli.train.dataset import PairDataset, load_image, read_manifest
+    from fluxsr_cli.model.latents import pack
+    from fluxsr_cli.train.pairs import draw_eps, encode_prompts, teacher_latent
+    from fluxsr_cli.upscale.restore import bicubic_upsample
 
     root, _ = full_run
     pipe = FluxPipeline.from_pretrained(str(teacher))
@@ -195,7 +195,7 @@ def no_models(monkeypatch):
     """Any attempt to resolve or load a model fails the test."""
     import diffusers
 
-    import fluxsr_cli.checkpoint as checkpoint
+    import fluxsr_cli.model.checkpoint as checkpoint
 
     def refuse(*args, **kwargs):
         raise AssertionError("a model was loaded before the config was checked")
@@ -246,7 +246,7 @@ def test_seeds_are_a_pure_function_of_root_and_index():
 
 
 def test_damaged_manifest_is_a_one_line_error(full_run, tmp_path):
-    from fluxsr_cli.dataset import PairDataset, read_manifest
+    from fluxsr_cli.train.dataset import PairDataset, read_manifest
 
     with pytest.raises(InputError, match="not a finished pairs data set"):
         read_manifest(tmp_path)
@@ -260,7 +260,7 @@ def test_damaged_manifest_is_a_one_line_error(full_run, tmp_path):
 def test_resume_refuses_another_dtype_before_loading(full_run, config, monkeypatch):
     import diffusers
 
-    import fluxsr_cli.checkpoint as checkpoint
+    import fluxsr_cli.model.checkpoint as checkpoint
 
     def refuse(*args, **kwargs):
         raise AssertionError("a model was loaded before the dtype was checked")
@@ -275,7 +275,7 @@ def test_resume_refuses_another_dtype_before_loading(full_run, config, monkeypat
 
 def test_the_shipped_config_and_prompts_load(monkeypatch):
     """`fluxsr pairs --config configs/ftd.toml` from the repository root finds its prompts file."""
-    from fluxsr_cli.train import load_distill_config
+    from fluxsr_cli.train.loop import load_distill_config
 
     root = Path(__file__).resolve().parents[1]
     monkeypatch.chdir(root)

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from fluxsr_cli.architectures import FLUX_DEV_TRANSFORMER, TINY_TRANSFORMER
+from fluxsr_cli.model.architectures import FLUX_DEV_TRANSFORMER, TINY_TRANSFORMER
 from fluxsr_cli.errors import ConfigError, ResourceError
-from fluxsr_cli.restore import UpscaleOptions, load_upscaler, pick_device
-from fluxsr_cli.student import velocity
+from fluxsr_cli.upscale.restore import UpscaleOptions, load_upscaler, pick_device
+from fluxsr_cli.model.student import velocity
 from tests.conftest import HUB_BASE, HUB_COMMUNITY, HUB_MODEL
 
 
@@ -102,8 +102,8 @@ def test_embeddings_for_another_base_are_refused(tiny_ckpt, tmp_path):
 ])
 def test_cpu_bicubic_is_pytorchs_bicubic(shape, scale, atol, monkeypatch):
     """On the CPU the bicubic runs through OpenCV: the same function as PyTorch's, clamped to [0, 1]."""
-    from fluxsr_cli import restore
-    from fluxsr_cli.restore import bicubic_upsample
+    from fluxsr_cli.upscale import restore
+    from fluxsr_cli.upscale.restore import bicubic_upsample
 
     real, calls = restore._bicubic_opencv, []
     monkeypatch.setattr(restore, "_bicubic_opencv", lambda x, s: calls.append(s) or real(x, s))
@@ -119,7 +119,7 @@ def test_cpu_bicubic_is_pytorchs_bicubic(shape, scale, atol, monkeypatch):
 
 def test_cpu_bicubic_ignores_the_default_dtype():
     """The result is float32 whatever ``torch.set_default_dtype`` says (OpenCV cannot fill float64)."""
-    from fluxsr_cli.restore import bicubic_upsample
+    from fluxsr_cli.upscale.restore import bicubic_upsample
 
     x = torch.full((1, 3, 4, 4), 0.5)
     previous = torch.get_default_dtype()
@@ -132,7 +132,7 @@ def test_cpu_bicubic_ignores_the_default_dtype():
 
 
 def test_bicubic_keeps_autograd_and_other_dtypes_on_pytorch():
-    from fluxsr_cli.restore import bicubic_upsample
+    from fluxsr_cli.upscale.restore import bicubic_upsample
 
     lq = torch.rand(1, 3, 8, 8, requires_grad=True)
     bicubic_upsample(lq, 4).sum().backward()  # OpenCV would cut the graph

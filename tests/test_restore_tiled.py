@@ -6,11 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from fluxsr_cli import memory, restore
-from fluxsr_cli import vae as vae_lib
+from fluxsr_cli.model import placement as memory
+from fluxsr_cli.upscale import restore
+from fluxsr_cli.model import vae as vae_lib
 from fluxsr_cli.errors import ConfigError, ResourceError
-from fluxsr_cli.latents import pad_to_multiple
-from fluxsr_cli.restore import (
+from fluxsr_cli.model.latents import pad_to_multiple
+from fluxsr_cli.upscale.restore import (
     BicubicSource,
     UpscaleOptions,
     apply_color_fix,
@@ -18,7 +19,7 @@ from fluxsr_cli.restore import (
     bicubic_upsample,
     load_upscaler,
 )
-from fluxsr_cli.tiling import Box, tiled_apply
+from fluxsr_cli.upscale.tiling import Box, tiled_apply
 
 
 def _opts(model, **kw) -> UpscaleOptions:
@@ -231,7 +232,7 @@ def test_oom_halves_the_tile_and_says_so():
 def test_auto_tile(tiny_ckpt, monkeypatch):
     up = load_upscaler(_opts(tiny_ckpt, tile="auto"))
     assert up.tile_pixels() == 1024  # CPU: the default
-    from fluxsr_cli.architectures import FLUX_DEV_TRANSFORMER, FLUX_VAE
+    from fluxsr_cli.model.architectures import FLUX_DEV_TRANSFORMER, FLUX_VAE
 
     big_t = type("M", (), {"config": type("C", (), {"num_attention_heads": 24, "attention_head_dim": 128})})()
     big_v = type("M", (), {"config": type("C", (), {"block_out_channels": FLUX_VAE["block_out_channels"]})})()
@@ -251,7 +252,7 @@ def test_offload_gives_the_same_picture(tiny_ckpt, small_photo, offload):
 
 
 def test_compile_wraps_the_transformer(tiny_ckpt, monkeypatch):
-    from fluxsr_cli.architectures import TINY_TRANSFORMER, TINY_VAE, build_transformer, build_vae
+    from fluxsr_cli.model.architectures import TINY_TRANSFORMER, TINY_VAE, build_transformer, build_vae
 
     t, v = build_transformer(TINY_TRANSFORMER), build_vae(TINY_VAE)
     asked = []
@@ -273,7 +274,7 @@ class _Graphs(list):
 
 
 def test_tiled_vae_runs_a_compiled_vae_eagerly_with_the_same_result():
-    from fluxsr_cli.architectures import TINY_VAE, build_vae
+    from fluxsr_cli.model.architectures import TINY_VAE, build_vae
 
     vae = build_vae(TINY_VAE, seed=3)
     x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fluxsr_cli.tiling import BLENDS, axis_weights, tile_boxes, tile_starts, tile_weights, tiled_apply
+from fluxsr_cli.upscale.tiling import BLENDS, axis_weights, tile_boxes, tile_starts, tile_weights, tiled_apply
 
 CASES = [(64, 16, 4, 1), (100, 32, 8, 2), (130, 64, 16, 2), (17, 16, 4, 1), (16, 16, 4, 1), (8, 16, 4, 2),
          (512, 128, 32, 2), (151, 100, 50, 1), (96, 32, 0, 2), (300, 64, 31, 4), (66, 32, 16, 2)]

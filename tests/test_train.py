@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from fluxsr_cli.errors import ConfigError, InputError
-from fluxsr_cli.train import (
+from fluxsr_cli.train.loop import (
     DistillConfig,
     Student,
     batch_indices,
@@ -76,8 +76,8 @@ def test_checkpoints_are_pruned_atomic_and_hold_only_the_lora(pairs, tiny_base, 
 
 
 def test_export_reproduces_the_in_training_one_step_output(pairs, tiny_base, tmp_path):
-    from fluxsr_cli.dataset import PairDataset
-    from fluxsr_cli.restore import UpscaleOptions, load_upscaler
+    from fluxsr_cli.train.dataset import PairDataset
+    from fluxsr_cli.upscale.restore import UpscaleOptions, load_upscaler
 
     cfg = _config(pairs, tiny_base, tmp_path / "run", max_steps=3, lr=1e-2, export_on_finish=True,
                   validate_every=3, guidance=2.0, t_l=0.3)
@@ -95,7 +95,7 @@ def test_export_reproduces_the_in_training_one_step_output(pairs, tiny_base, tmp
     # the training moved the model: the base alone gives another output
     base = Student(upscaler.transformer, upscaler.cond.prompt_embeds, upscaler.cond.pooled_prompt_embeds, 2.0,
                    torch.float32)
-    from fluxsr_cli.checkpoint import load_transformer
+    from fluxsr_cli.model.checkpoint import load_transformer
 
     base.transformer = load_transformer(tiny_base, torch.float32)
     with torch.no_grad():
@@ -135,8 +135,8 @@ def test_it_learns(tmp_path):
     with the real tiny FluxPipeline teacher is tested in tests/test_pairs.py.) The held-out pairs
     are crops of the right 30 % of the photos, which neither the VAE nor the student ever saw.
     """
-    from fluxsr_cli.checkpoint import load_transformer
-    from fluxsr_cli.dataset import PairDataset, load_embeddings
+    from fluxsr_cli.model.checkpoint import load_transformer
+    from fluxsr_cli.train.dataset import PairDataset, load_embeddings
     from tests.distill_data import make_photo_pairs, photo, photo_crops, save_photo_base
 
     start = time.perf_counter()

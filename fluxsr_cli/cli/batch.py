@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from fluxsr_cli.checkpoint import DEFAULT_MODEL
+from fluxsr_cli.model.checkpoint import DEFAULT_MODEL
 from fluxsr_cli.cli import model_options as mo
 from fluxsr_cli.cli.common import console, handle_errors, out, rich_progress
 
@@ -57,7 +57,7 @@ def batch(
       fluxsr batch photos -o photos_x4 --recursive --report report.json
       fluxsr batch scans -o out --include "*.tif" --suffix _x4 --ext png
     """
-    from fluxsr_cli.batch import BatchConfig, plan_batch, run_batch
+    from fluxsr_cli.upscale.batch import BatchConfig, plan_batch, run_batch
     from fluxsr_cli.processes import default_processes
 
     config = BatchConfig(
@@ -79,7 +79,7 @@ def batch(
     with rich_progress(enabled=None if main else False) as progress:
         fn = None
         if pending:
-            from fluxsr_cli.restore import load_upscaler
+            from fluxsr_cli.upscale.restore import load_upscaler
 
             upscaler = load_upscaler(options, progress, notice=lambda m: console.print(f"[yellow]note:[/] {m}"))
             upscaler.progress = progress

@@ -35,8 +35,8 @@ def evaluate(
       fluxsr eval out_x4 --metrics psnr,ssim,lpips-vgg --gt hr --device cpu
     """
     from fluxsr_cli.atomic import check_writable
-    from fluxsr_cli.evaluate import METRICS, EvalConfig, write_csv, write_json
-    from fluxsr_cli.evaluate import evaluate as run_eval
+    from fluxsr_cli.quality.evaluate import METRICS, EvalConfig, write_csv, write_json
+    from fluxsr_cli.quality.evaluate import evaluate as run_eval
 
     for path in (csv_path, json_path):
         if path is not None:

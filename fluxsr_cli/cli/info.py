@@ -49,7 +49,7 @@ def info(
         out.print("no FLUX or fluxsr models in the Hugging Face cache yet")
 
     if model:
-        from fluxsr_cli.checkpoint import read_checkpoint
+        from fluxsr_cli.model.checkpoint import read_checkpoint
 
         ckpt = read_checkpoint(model, revision=revision, offline=offline, notice=lambda m: console.print(m))
         desc = Table(title=f"checkpoint {model}", show_header=False)

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from fluxsr_cli.checkpoint import DEFAULT_MODEL
+from fluxsr_cli.model.checkpoint import DEFAULT_MODEL
 
 PANEL = "Model"
 TILES = "Tiling and memory"
@@ -50,8 +50,8 @@ def upscale_options(*, model: str = DEFAULT_MODEL, revision: str | None = None, 
                     tile: str = "1024", overlap: int | None = None, blend: str = "cosine", tile_batch: int = 1,
                     tile_space: str = "latent", vae_tile: str = "auto", color_fix: str = "wavelet",
                     offload: str = "none", compile: bool = False):
-    """Build :class:`fluxsr_cli.restore.UpscaleOptions` from the CLI values (validated there)."""
-    from fluxsr_cli.restore import UpscaleOptions
+    """Build :class:`fluxsr_cli.upscale.restore.UpscaleOptions` from the CLI values (validated there)."""
+    from fluxsr_cli.upscale.restore import UpscaleOptions
 
     return UpscaleOptions(model=model, revision=revision, base=base, offline=offline, device=device, dtype=dtype,
                           t_l=t_l, guidance=guidance, scale=scale, seed=seed, tile=tile, overlap=overlap,

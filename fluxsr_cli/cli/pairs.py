@@ -25,9 +25,9 @@ def pairs(config: Config, overrides: Overrides = None, offload: Offload = None, 
     """
     from rich.markup import escape
 
-    from fluxsr_cli.checkpoint import FLUX_LICENCE_NOTE
+    from fluxsr_cli.model.checkpoint import FLUX_LICENCE_NOTE
     from fluxsr_cli.configs import load_config
-    from fluxsr_cli.pairs import PairsConfig, generate_pairs
+    from fluxsr_cli.train.pairs import PairsConfig, generate_pairs
 
     console.print(f"[yellow]licence:[/] {escape(FLUX_LICENCE_NOTE)}", soft_wrap=True, markup=True, highlight=False)
     settings = parse_overrides(overrides) + ([f"offload={offload}"] if offload is not None else [])

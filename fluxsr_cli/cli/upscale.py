@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from fluxsr_cli.checkpoint import DEFAULT_MODEL
+from fluxsr_cli.model.checkpoint import DEFAULT_MODEL
 from fluxsr_cli.cli import model_options as mo
 from fluxsr_cli.cli.common import console, handle_errors, out, rich_progress
 
@@ -35,8 +35,8 @@ def upscale(
       fluxsr upscale scan.tif -o scan_x4.tif --tile 768 --offload model
       fluxsr upscale in.png -o out.png --model ./my-checkpoint --base ./FLUX.1-dev --offline
     """
-    from fluxsr_cli.batch import WriteOptions, check_job, upscale_file
-    from fluxsr_cli.restore import load_upscaler
+    from fluxsr_cli.upscale.batch import WriteOptions, check_job, upscale_file
+    from fluxsr_cli.upscale.restore import load_upscaler
 
     options = mo.upscale_options(
         model=model, revision=revision, base=base, offline=offline, device=device, dtype=dtype, t_l=t_l,

@@ -25,7 +25,7 @@ from fluxsr_cli.atomic import atomic_path, atomic_write_text
 from fluxsr_cli.configs import dumps_toml, read_toml, to_dict
 from fluxsr_cli.degrade.config import DegradeConfig
 from fluxsr_cli.errors import InputError
-from fluxsr_cli.imageio import READ_SUFFIXES, read_image
+from fluxsr_cli.images.reading import READ_SUFFIXES, read_image
 from fluxsr_cli.progress import ProgressFn, no_progress
 
 RECORDS_NAME = "degradations.jsonl"

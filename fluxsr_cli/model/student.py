@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from fluxsr_cli.latents import image_ids, pack, text_ids, unpack
+from fluxsr_cli.model.latents import image_ids, pack, text_ids, unpack
 
 
 @dataclass

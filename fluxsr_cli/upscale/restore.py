@@ -16,9 +16,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from fluxsr_cli import colorfix, memory
-from fluxsr_cli import vae as vae_lib
-from fluxsr_cli.checkpoint import (
+from fluxsr_cli.upscale import colorfix
+from fluxsr_cli.model import placement as memory
+from fluxsr_cli.model import vae as vae_lib
+from fluxsr_cli.model.checkpoint import (
     BASE_FILES,
     DEFAULT_BASE,
     DEFAULT_MODEL,
@@ -33,11 +34,11 @@ from fluxsr_cli.checkpoint import (
     resolve,
 )
 from fluxsr_cli.errors import CheckpointError, ConfigError, ResourceError
-from fluxsr_cli.flows import one_step
-from fluxsr_cli.latents import VAE_FACTOR, pad_to_multiple, padded_size
+from fluxsr_cli.model.flows import one_step
+from fluxsr_cli.model.latents import VAE_FACTOR, pad_to_multiple, padded_size
 from fluxsr_cli.progress import ProgressFn, no_progress
-from fluxsr_cli.student import Conditioning, velocity
-from fluxsr_cli.tiling import BLENDS, Box, default_overlap, tiled_apply
+from fluxsr_cli.model.student import Conditioning, velocity
+from fluxsr_cli.upscale.tiling import BLENDS, Box, default_overlap, tiled_apply
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 LARGE_MODEL_PARAMS = 1e9
@@ -381,10 +382,10 @@ class Upscaler:
 
 
 def apply_color_fix(out: torch.Tensor, reference: torch.Tensor, method: str) -> torch.Tensor:
-    """Colour fix once, globally, against the bicubic upscale (see :mod:`fluxsr_cli.colorfix`)."""
+    """Colour fix once, globally, against the bicubic upscale (see :mod:`fluxsr_cli.upscale.colorfix`)."""
     if method == "none":
         return out
-    from fluxsr_cli import colorfix
+    from fluxsr_cli.upscale import colorfix
 
     return colorfix.color_fix(out, reference, method).clamp_(0.0, 1.0)
 
@@ -439,7 +440,7 @@ def load_upscaler(options: UpscaleOptions, progress: ProgressFn = no_progress,
     progress("load", 3, steps)
     vae = load_vae(base, dtype)
     progress("load", 4, steps)
-    from fluxsr_cli.memory import place_models
+    from fluxsr_cli.model.placement import place_models
 
     place_models(transformer, vae, device, options)
     t_l = options.t_l if options.t_l is not None else ckpt.info.t_l

@@ -30,9 +30,9 @@ from typing import Any, Literal
 
 import torch
 
-from fluxsr_cli.checkpoint import DEFAULT_BASE
+from fluxsr_cli.model.checkpoint import DEFAULT_BASE
 from fluxsr_cli.errors import CheckpointError, ConfigError, InputError
-from fluxsr_cli.losses import LossWeights
+from fluxsr_cli.train.losses import LossWeights
 from fluxsr_cli.progress import ProgressFn, no_progress
 
 SECTION = "distill"
@@ -157,7 +157,7 @@ class Student(torch.nn.Module):
         self.dtype = dtype
 
     def forward(self, z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        from fluxsr_cli.student import Conditioning, velocity
+        from fluxsr_cli.model.student import Conditioning, velocity
 
         cond = Conditioning(self.prompt_embeds, self.pooled_prompt_embeds, self.guidance)
         return velocity(self.transformer, z, t, cond, dtype=self.dtype).float()  # [B, 16, h, w]
@@ -171,10 +171,10 @@ def training_step(student: torch.nn.Module, vae: torch.nn.Module, batch: dict[st
                   weights: LossWeights, generator: torch.Generator, lpips: torch.nn.Module | None = None,
                   adl_blocks: list[tuple[str, int]] | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The loss of one micro-batch and its named terms (detached), per the module docstring."""
-    from fluxsr_cli import vae as vae_lib
-    from fluxsr_cli.adl import FeatureCapture
-    from fluxsr_cli.flows import one_step
-    from fluxsr_cli.losses import adl_loss, ftd_loss, ftd_point, reconstruction_loss, total_loss
+    from fluxsr_cli.model import vae as vae_lib
+    from fluxsr_cli.train.adl import FeatureCapture
+    from fluxsr_cli.model.flows import one_step
+    from fluxsr_cli.train.losses import adl_loss, ftd_loss, ftd_point, reconstruction_loss, total_loss
 
     eps, z_0, z_l = batch["eps"], batch["z_0"], batch["z_l"]  # [B, 16, h, w]
     b = eps.shape[0]
@@ -340,9 +340,9 @@ def _setup(config: DistillConfig, accelerator: Any, run_dir: Path, notice: Notic
     """Data, models (frozen base + trainable LoRA), optimizer and schedule, prepared by accelerate."""
     from diffusers.optimization import get_scheduler
 
-    from fluxsr_cli.adl import parse_blocks
-    from fluxsr_cli.checkpoint import BASE_FILES, FLUX_LICENCE_NOTE, load_transformer, load_vae, resolve
-    from fluxsr_cli.dataset import PairDataset, load_embeddings
+    from fluxsr_cli.train.adl import parse_blocks
+    from fluxsr_cli.model.checkpoint import BASE_FILES, FLUX_LICENCE_NOTE, load_transformer, load_vae, resolve
+    from fluxsr_cli.train.dataset import PairDataset, load_embeddings
 
     if not Path(config.data).is_dir():
         raise InputError(f"{config.data}: no such data folder; run `fluxsr pairs` first or fix distill.data")
@@ -393,7 +393,7 @@ def _setup(config: DistillConfig, accelerator: Any, run_dir: Path, notice: Notic
         _register_lora_state_hooks(accelerator, student)
     lpips = None
     if config.weights.needs_lpips:
-        from fluxsr_cli.lpips import load_lpips
+        from fluxsr_cli.quality.lpips import load_lpips
 
         lpips = load_lpips(device, cache_dir=config.lpips_cache)
     blocks = parse_blocks(config.adl_blocks, len(transformer.transformer_blocks),
@@ -521,7 +521,7 @@ def latent_error(a: torch.Tensor, b: torch.Tensor) -> float:
 @torch.no_grad()
 def one_step_errors(student: Student, items: list[dict[str, torch.Tensor]], t_l: float) -> dict[str, float]:
     """Mean RMS error of the one-step z_hat_0 and of the identity z_L against z_0 over ``items``."""
-    from fluxsr_cli.flows import one_step
+    from fluxsr_cli.model.flows import one_step
 
     device = next(student.parameters()).device
     err, ident = [], []
@@ -537,8 +537,8 @@ def one_step_errors(student: Student, items: list[dict[str, torch.Tensor]], t_l:
 def validate(student: Student, vae: torch.nn.Module, dataset: Any, val_ids: list[int], t_l: float, grid: Path,
              write: bool = True) -> dict[str, float]:
     """One-step restore of the held-out pairs: latent errors, and a grid PNG (rows: LR-up | output | x_0)."""
-    from fluxsr_cli import vae as vae_lib
-    from fluxsr_cli.flows import one_step
+    from fluxsr_cli.model import vae as vae_lib
+    from fluxsr_cli.model.flows import one_step
 
     was_training = student.training
     student.eval()
@@ -572,7 +572,7 @@ def export_checkpoint(run_dir: Path, out: Path, checkpoint: Path | None = None, 
     """Write the fluxsr checkpoint format (``fluxsr upscale --model OUT``) from a run's latest (or given) state."""
     from peft import get_peft_model_state_dict  # noqa: F401  (peft must be importable to load it back)
 
-    from fluxsr_cli.checkpoint import CheckpointInfo, load_safetensors, save_checkpoint
+    from fluxsr_cli.model.checkpoint import CheckpointInfo, load_safetensors, save_checkpoint
 
     run_dir = Path(run_dir)
     if not (run_dir / "distill.toml").is_file():
@@ -601,7 +601,7 @@ def export_checkpoint(run_dir: Path, out: Path, checkpoint: Path | None = None, 
 
 def _full_transformer(config: DistillConfig, state: Path):
     """The fully fine-tuned transformer from an accelerate state (unsharded model weights)."""
-    from fluxsr_cli.checkpoint import BASE_FILES, load_safetensors, load_transformer, resolve
+    from fluxsr_cli.model.checkpoint import BASE_FILES, load_safetensors, load_transformer, resolve
 
     base = resolve(config.base_model, revision=config.base_revision, offline=config.offline, allow_patterns=BASE_FILES)
     transformer = load_transformer(base, torch.float32)

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from fluxsr_cli.errors import ConfigError
-from fluxsr_cli.flows import (
+from fluxsr_cli.model.flows import (
     distilled_velocity,
     lr_velocity,
     noise_to_lr,
@@ -79,7 +79,7 @@ def reconstruction_loss(x_hat: torch.Tensor, x_0: torch.Tensor, lpips: torch.nn.
     Returns ``{"mse", "tv_lpips", "rec"}`` with rec = MSE + lambda_tv * TV-LPIPS. Without an LPIPS model
     (allowed only when lambda_tv = 0) the TV-LPIPS term is zero.
     """
-    from fluxsr_cli.lpips import tv_lpips
+    from fluxsr_cli.quality.lpips import tv_lpips
 
     mse = F.mse_loss(x_hat.float(), x_0.float())
     if weights.tv > 0:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from fluxsr_cli.architectures import (
+from fluxsr_cli.model.architectures import (
     TINY_TEXT_LENGTH,
     TINY_TRANSFORMER,
     TINY_VAE,
@@ -22,7 +22,7 @@ from fluxsr_cli.architectures import (
     build_vae,
     random_embeddings,
 )
-from fluxsr_cli.checkpoint import CheckpointInfo, save_checkpoint
+from fluxsr_cli.model.checkpoint import CheckpointInfo, save_checkpoint
 
 
 def save_tiny_base(root: Path, seed: int = 0) -> Path:

@@ -6,14 +6,14 @@
   share the GPU).
 - ``--offload sequential``: accelerate's ``cpu_offload`` on the transformer (weights stream in layer
   by layer; slow, for the smallest GPUs); the small VAE is model-offloaded, so its GroupNorm layers
-  stay plain modules that tiled decoding can give global statistics (:mod:`fluxsr_cli.vae`).
+  stay plain modules that tiled decoding can give global statistics (:mod:`fluxsr_cli.model.vae`).
 - ``--compile``: ``torch.compile`` of the transformer and of the VAE's encoder and decoder, in
   place. Every tile of an image has one shape; the first shape compiles static, a second one
   (another image size) recompiles once with dynamic sizes, and later sizes reuse that (PyTorch's
-  automatic dynamic shapes). The tiled VAE runs eagerly (:func:`fluxsr_cli.vae.eager`).
+  automatic dynamic shapes). The tiled VAE runs eagerly (:func:`fluxsr_cli.model.vae.eager`).
 
 The transformer's attention runs through PyTorch's SDPA (diffusers' default FLUX processor); the
-VAE's single 512-wide head through :mod:`fluxsr_cli.attention` on CUDA.
+VAE's single 512-wide head through :mod:`fluxsr_cli.model.attention` on CUDA.
 """
 
 from __future__ import annotations
@@ -68,11 +68,11 @@ def place_models(transformer: torch.nn.Module, vae: torch.nn.Module, device: tor
             cpu_offload_with_hook(vae, device)
         else:
             raise ValueError(f"offload must be none, model or sequential, got {offload!r}")
-    from fluxsr_cli.attention import use_blockwise_attention
+    from fluxsr_cli.model.attention import use_blockwise_attention
 
     compile_models = bool(getattr(options, "compile", False))
     # the VAE's single 512-wide attention head: plain matmuls on CUDA, in a loop that runs eagerly
-    # between the compiled graphs (fluxsr_cli.attention); with --compile its softmax is compiled too
+    # between the compiled graphs (fluxsr_cli.model.attention); with --compile its softmax is compiled too
     use_blockwise_attention(vae, compile_softmax=compile_models)
     if compile_models:
         # PyTorch's automatic dynamic shapes: the first shape compiles static; a second shape (another

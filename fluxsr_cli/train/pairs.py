@@ -1,6 +1,6 @@
 """Teacher data for FTD (METHOD.md section 2): noise-image pairs generated offline by the frozen teacher.
 
-For every item i of the data set (format in :mod:`fluxsr_cli.dataset`)::
+For every item i of the data set (format in :mod:`fluxsr_cli.train.dataset`)::
 
     seed_i = derive_seed(root seed, i)                   # CPU generator g_i = Generator().manual_seed(seed_i)
     eps    ~ N(0, I) from g_i, rounded to the run dtype    # [16, H/8, W/8], what the teacher really starts from
@@ -34,7 +34,7 @@ from typing import Any
 import torch
 
 from fluxsr_cli.atomic import atomic_write_text
-from fluxsr_cli.checkpoint import DEFAULT_BASE
+from fluxsr_cli.model.checkpoint import DEFAULT_BASE
 from fluxsr_cli.configs import dumps_toml
 from fluxsr_cli.errors import CheckpointError, ConfigError, InputError
 from fluxsr_cli.processes import AccelerateProcesses, launched
@@ -324,7 +324,7 @@ def teacher_latent(pipe: Any, eps: torch.Tensor, prompt_embeds: torch.Tensor, po
     The pipeline's packed latents live in the normalised space ``(z - shift) * scale`` (it divides by
     the scale and adds the shift before decoding), so unpacking them gives z_0 as the student sees it.
     """
-    from fluxsr_cli.latents import VAE_FACTOR, pack, unpack
+    from fluxsr_cli.model.latents import VAE_FACTOR, pack, unpack
 
     _, _, h, w = eps.shape
     tokens = pipe(
@@ -374,10 +374,10 @@ def make_item(index: int, seed: int, prompt: str, embeds: tuple[torch.Tensor, to
               vae: Any, degradation: Any, config: PairsConfig, dtype: torch.dtype, device: torch.device,
               ) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor, dict[str, Any]]:
     """One pair: (latents {eps, z_0, z_l} [16, h, w], hq [1, 3, H, W] uint8, lq uint8, manifest record)."""
-    from fluxsr_cli import vae as vae_lib
+    from fluxsr_cli.model import vae as vae_lib
     from fluxsr_cli.degrade.ops import to_uint8
     from fluxsr_cli.degrade.pipeline import degrade
-    from fluxsr_cli.restore import bicubic_upsample
+    from fluxsr_cli.upscale.restore import bicubic_upsample
 
     side = config.resolution // 8
     channels = pipe.transformer.config.in_channels // 4
@@ -444,8 +444,8 @@ def generate_pairs(config: PairsConfig, progress: ProgressFn = no_progress, noti
 def _generate(config: PairsConfig, prompts: list[str], degradation: Any, todo: list[int], need_embeddings: bool,
               root: Path, part: Path, done: dict[int, str], procs: Any, progress: ProgressFn,
               notice: Notice) -> int:
-    from fluxsr_cli.checkpoint import load_transformer, load_vae, read_transformer_config, resolve
-    from fluxsr_cli.restore import pick_device
+    from fluxsr_cli.model.checkpoint import load_transformer, load_vae, read_transformer_config, resolve
+    from fluxsr_cli.upscale.restore import pick_device
 
     base = resolve(config.teacher, revision=config.revision, offline=config.offline,
                    allow_patterns=TEACHER_FILES, notice=notice)

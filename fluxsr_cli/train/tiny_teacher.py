@@ -10,7 +10,7 @@ it through the real code paths:
   ``spiece.model`` and converted by ``T5TokenizerFast.from_pretrained``;
 - text encoders: random ``CLIPTextModel`` (width = the transformer's pooled width) and
   ``T5EncoderModel`` (width = its joint attention width), in ``.eval()`` so dropout is off;
-- transformer and VAE: the tiny configs of :mod:`fluxsr_cli.architectures`;
+- transformer and VAE: the tiny configs of :mod:`fluxsr_cli.model.architectures`;
 - scheduler: FLUX.1-dev's flow-matching Euler scheduler settings.
 """
 
@@ -21,7 +21,7 @@ import random
 import tempfile
 from pathlib import Path
 
-from fluxsr_cli.architectures import TINY_TRANSFORMER, TINY_VAE, build_transformer, build_vae
+from fluxsr_cli.model.architectures import TINY_TRANSFORMER, TINY_VAE, build_transformer, build_vae
 
 FLUX_SCHEDULER = {  # FLUX.1-dev's scheduler/scheduler_config.json
     "base_image_seq_len": 256,

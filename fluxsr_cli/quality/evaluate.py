@@ -22,8 +22,8 @@ import numpy as np
 
 from fluxsr_cli.atomic import atomic_write_text
 from fluxsr_cli.errors import CheckpointError, ConfigError, FluxSRError, InputError
-from fluxsr_cli.imageio import read_image
-from fluxsr_cli.metrics import psnr_y, ssim_y
+from fluxsr_cli.images.reading import read_image
+from fluxsr_cli.quality.metrics import psnr_y, ssim_y
 from fluxsr_cli.progress import ProgressFn, no_progress
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
@@ -183,7 +183,7 @@ def _to_tensor(img: np.ndarray, device: str):  # -> torch.Tensor [1, 3, H, W]
 def _lpips_vgg_scorer(device: str, cache: Path | None) -> Scorer:
     import torch
 
-    from fluxsr_cli.lpips import load_lpips
+    from fluxsr_cli.quality.lpips import load_lpips
 
     try:
         model = load_lpips(device=device, cache_dir=cache)

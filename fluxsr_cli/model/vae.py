@@ -4,7 +4,7 @@ Images are [B, 3, H, W] in [0, 1]; latents are normalised, ``(z - shift) * scale
 Encoding takes the posterior mean (never a sample), so the same image always gives the same latent.
 
 Large images: :func:`encode_tiled` and :func:`decode_tiled` run the VAE tile by tile and blend the
-tiles (:mod:`fluxsr_cli.tiling`). A VAE normalises with GroupNorm, whose statistics are taken over
+tiles (:mod:`fluxsr_cli.upscale.tiling`). A VAE normalises with GroupNorm, whose statistics are taken over
 the whole input; per-tile statistics would give each tile its own tone and show as steps. So the
 statistics are computed **once, globally**, in two passes: first the encoder (or decoder) runs over
 non-overlapping tiles that cover the image and every GroupNorm's per-group sums are pooled over all
@@ -22,10 +22,10 @@ from contextlib import contextmanager
 
 import torch
 
-from fluxsr_cli.latents import VAE_FACTOR, denormalize, normalize
-from fluxsr_cli.memory import execution_device
+from fluxsr_cli.model.latents import VAE_FACTOR, denormalize, normalize
+from fluxsr_cli.model.placement import execution_device
 from fluxsr_cli.progress import ProgressFn, no_progress
-from fluxsr_cli.tiling import Source, tiled_apply
+from fluxsr_cli.upscale.tiling import Source, tiled_apply
 
 GroupNormStats = dict[str, tuple[torch.Tensor, torch.Tensor]]  # module name -> (mean [G], var [G]), fp32
 
