@@ -45,8 +45,9 @@ def main() -> None:
         build_transformer,
         build_vae,
     )
+    from fluxsr_cli.train.config import ATTENTION_TARGETS, MLP_TARGETS
     from fluxsr_cli.train.losses import LossWeights
-    from fluxsr_cli.train.loop import ATTENTION_TARGETS, MLP_TARGETS, Student, training_step
+    from fluxsr_cli.train.step import Student, training_step
 
     device = torch.device("cpu" if args.tiny or not torch.cuda.is_available() else "cuda")
     tconf, vconf = (TINY_TRANSFORMER, TINY_VAE) if args.tiny else (FLUX_DEV_TRANSFORMER, FLUX_VAE)

@@ -30,8 +30,9 @@ def main() -> int:
     from PIL import Image
     from skimage import data
 
-    from fluxsr_cli.upscale.restore import UpscaleOptions, load_upscaler
     from fluxsr_cli.model.tiny import add_to_hub_cache, save_tiny_base, save_tiny_checkpoint
+    from fluxsr_cli.upscale.options import ModelOptions, UpscaleOptions
+    from fluxsr_cli.upscale.restore import load_upscaler
 
     if GPU == "cuda" and not torch.cuda.is_available():
         print("no CUDA device: nothing to check")
@@ -55,8 +56,9 @@ def main() -> int:
         print(f"{'ok  ' if ok else 'FAIL'} {name}: {detail} ({time.perf_counter() - t0:.1f} s)", flush=True)
 
     def upscale(device: str, **kw) -> np.ndarray:
-        options = UpscaleOptions(model=str(ckpt), device=device, dtype=kw.pop("dtype", "fp32"), **kw)
-        return load_upscaler(options).upscale_array(lq)
+        loading = ModelOptions(model=str(ckpt), device=device, dtype=kw.pop("dtype", "fp32"),
+                               offload=kw.pop("offload", "none"), compile=kw.pop("compile", False))
+        return load_upscaler(loading).upscale_array(lq, UpscaleOptions(**kw))
 
     def same(tolerance: float, **kw):
         def run():
@@ -86,7 +88,7 @@ def main() -> int:
     def blockwise():
         from fluxsr_cli.model import vae as vae_lib
         from fluxsr_cli.model.attention import use_blockwise_attention
-        from fluxsr_cli.model.checkpoint import load_vae
+        from fluxsr_cli.model.loading import load_vae
 
         vae = load_vae(base, torch.float32).to(GPU)
         x = torch.from_numpy(np.ascontiguousarray(data.astronaut()[:256, :256])).permute(2, 0, 1)[None].to(GPU) / 255
@@ -127,7 +129,7 @@ def main() -> int:
         from diffusers.models.attention_processor import AttnProcessor2_0
 
         from fluxsr_cli.model.attention import use_blockwise_attention
-        from fluxsr_cli.model.checkpoint import load_vae
+        from fluxsr_cli.model.loading import load_vae
 
         exact = load_vae(base, torch.float32).to(GPU)
         vae = load_vae(base, torch.bfloat16).to(GPU)
@@ -166,17 +168,17 @@ def main() -> int:
     def out_of_memory():
         big = np.ascontiguousarray(np.resize(lq, (512, 512, 3)))  # -> 2048 px output, one 2048 px tile
         notices: list[str] = []
-        options = UpscaleOptions(model=str(ckpt), device="cuda", dtype="fp32", tile="2048")
-        up = load_upscaler(options, notice=notices.append)
+        options = UpscaleOptions(tile="2048")
+        up = load_upscaler(ModelOptions(model=str(ckpt), device="cuda", dtype="fp32"))
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-        whole = up.upscale_array(big)
+        whole = up.upscale_array(big, options)
         peak = torch.cuda.max_memory_allocated()
         total = torch.cuda.get_device_properties(0).total_memory
         torch.cuda.empty_cache()
         torch.cuda.set_per_process_memory_fraction(0.5 * peak / total)  # a card with half of what it took
         try:
-            capped = up.upscale_array(big)
+            capped = up.upscale_array(big, options, notice=notices.append)
         finally:
             torch.cuda.set_per_process_memory_fraction(1.0)
         diff = float(np.abs(capped - whole).mean())

@@ -2,7 +2,7 @@
 
 For the README's table of which GPU memory needs which settings: builds the FLUX.1-dev transformer
 and VAE with random bf16 weights (on the GPU, then moved to the host as a loaded checkpoint would
-be), hooks them with ``memory.place_models`` for each offload mode, upscales to 1024 px (with 1024
+be), hooks them with ``placement.place_models`` for each offload mode, upscales to 1024 px (with 1024
 and 512 px tiles) and prints the peak GPU memory and seconds (second run: the first also pays for
 allocation). About a minute on an H100; ``--tiny`` runs the same code on the CPU in seconds.
 
@@ -37,8 +37,9 @@ def main() -> None:
         random_embeddings,
     )
     from fluxsr_cli.model.placement import place_models
-    from fluxsr_cli.upscale.restore import UpscaleOptions, Upscaler
     from fluxsr_cli.model.student import Conditioning
+    from fluxsr_cli.upscale.options import UpscaleOptions
+    from fluxsr_cli.upscale.restore import Upscaler
 
     start = time.perf_counter()
     device = torch.device("cpu" if args.tiny else "cuda")
@@ -56,17 +57,17 @@ def main() -> None:
     rows = []
     modes = [(m.split(":")[0], min(int(m.split(":")[1]), size)) for m in args.modes.split(",")]
     for offload, tile in modes:
-        options = UpscaleOptions(device=str(device), tile=str(tile), offload=offload)
+        options = UpscaleOptions(tile=str(tile))
         try:
-            place_models(transformer, vae, device, options)
-            up = Upscaler(transformer, vae, cond, 0.25, options, device, dtype)
+            place_models(transformer, vae, device, offload)
+            up = Upscaler(transformer, vae, cond, 0.25, device, dtype)
             if device.type == "cuda":
                 torch.cuda.empty_cache()
                 torch.cuda.reset_peak_memory_stats(device)
             seconds = []
             for _ in range(args.runs):
                 t0 = time.perf_counter()
-                up.upscale_tensor(lq)
+                up.upscale_tensor(lq, options)
                 if device.type == "cuda":
                     torch.cuda.synchronize()
                 seconds.append(time.perf_counter() - t0)

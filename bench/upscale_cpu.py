@@ -50,11 +50,13 @@ def measure(size: int, ckpt: str, threads: int, repeats: int = 1) -> dict:
     from skimage import data
     from skimage.transform import resize
 
-    from fluxsr_cli.upscale.restore import UpscaleOptions, load_upscaler
+    from fluxsr_cli.upscale.options import ModelOptions, UpscaleOptions
+    from fluxsr_cli.upscale.restore import load_upscaler
     from fluxsr_cli.upscale.tiling import tile_boxes
 
     torch.set_num_threads(threads)
-    up = load_upscaler(UpscaleOptions(model=ckpt, device="cpu"))
+    up = load_upscaler(ModelOptions(model=ckpt, device="cpu"))
+    options = UpscaleOptions()
     model_seconds = [0.0]
 
     def timed(fn):
@@ -77,11 +79,11 @@ def measure(size: int, ckpt: str, threads: int, repeats: int = 1) -> dict:
         out = None  # (the previous result would otherwise be held through the next run's peak)
         model_seconds[0] = 0.0
         start = time.perf_counter()
-        out = up.upscale_array(lq)
+        out = up.upscale_array(lq, options)
         if time.perf_counter() - start < seconds:
             seconds, model = time.perf_counter() - start, model_seconds[0]
-    tile = up.tile_pixels()
-    overlap = max(128, tile // 4) if up.options.overlap is None else up.options.overlap
+    tile = up.tile_pixels(options)
+    overlap = max(128, tile // 4) if options.overlap is None else options.overlap
     boxes = tile_boxes(size // 8, size // 8, tile // 8, overlap // 8, multiple=2)
     return {"size": size, "tiles": len(boxes), "seconds": seconds, "model_seconds": model,
             "rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,

@@ -112,8 +112,6 @@ def main() -> None:
 
     import torch
 
-    from fluxsr_cli.upscale import colorfix
-    from fluxsr_cli.upscale import restore
     from fluxsr_cli.model.architectures import (
         FLUX_DEV_TRANSFORMER,
         FLUX_VAE,
@@ -125,8 +123,10 @@ def main() -> None:
     )
     from fluxsr_cli.model.latents import padded_size
     from fluxsr_cli.model.placement import place_models
-    from fluxsr_cli.upscale.restore import UpscaleOptions, Upscaler
     from fluxsr_cli.model.student import Conditioning
+    from fluxsr_cli.upscale import colorfix, restore
+    from fluxsr_cli.upscale.options import UpscaleOptions
+    from fluxsr_cli.upscale.restore import Upscaler
     from fluxsr_cli.upscale.tiling import default_overlap, tile_boxes
 
     start_all = time.perf_counter()
@@ -182,12 +182,12 @@ def main() -> None:
     vae_work: dict[int, float] = {}  # size -> VAE FLOPs (whole image)
 
     def run(label: str, options: UpscaleOptions, size: int, context=contextlib.nullcontext) -> None:
-        up = Upscaler(transformer, vae, cond, 0.25, options, device, dtype)
+        up = Upscaler(transformer, vae, cond, 0.25, device, dtype)
         up.restore_latent = timed("dit", up.restore_latent)  # outside the compiled module: no graph break
         lq = torch.nn.functional.interpolate(torch.rand(1, 3, size // 32, size // 32, generator=g),
                                              size=(size // 4, size // 4), mode="bicubic").clamp(0, 1)
         with context():
-            up.upscale_tensor(lq)  # warm-up (and compilation)
+            up.upscale_tensor(lq, options)  # warm-up (and compilation)
         best, best_stages = float("inf"), {}
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
@@ -197,7 +197,7 @@ def main() -> None:
             sync()
             t0 = time.perf_counter()
             with context():
-                out = up.upscale_tensor(lq)
+                out = up.upscale_tensor(lq, options)
             sync()
             seconds = time.perf_counter() - t0
             if seconds < best:
@@ -220,9 +220,9 @@ def main() -> None:
               f"({', '.join(f'{k} {v:.3f}' for k, v in best_stages.items())}), {flops / dit / 1e12:.0f} TFLOP/s, "
               f"peak {peak:.1f} GiB, t+{time.perf_counter() - start_all:.0f} s", flush=True)
 
-    base = UpscaleOptions(device=str(device), tile=str(tile), color_fix="wavelet")
+    base = UpscaleOptions(tile=str(tile), color_fix="wavelet")
     vae_tiled = replace(base, vae_tile=str(tile))  # the VAE in transformer-sized tiles, two passes
-    place_models(transformer, vae, device, base)  # gives the VAE fluxsr's blockwise attention
+    place_models(transformer, vae, device)  # gives the VAE fluxsr's blockwise attention
     big = max(sizes)
 
     def elapsed() -> float:
@@ -268,7 +268,7 @@ def main() -> None:
     row("eager", replace(base, tile_batch=4), big)  # --tile-batch without the recompile it costs compiled
     # (cuDNN attention for the transformer was tried on an H200: no change, 7.53 vs 7.52 s at 4096 px)
     if not args.no_compile:
-        place_models(transformer, vae, device, replace(base, compile=True))
+        place_models(transformer, vae, device, compile=True)
         for size in sizes:
             row("compiled", base, size)
         row("compiled", replace(base, tile_batch=4), big, until=args.budget * 0.65)  # a new batch shape recompiles

@@ -35,3 +35,9 @@ class ResourceError(FluxSRError):
     """Not enough memory, no suitable device, or a run that cannot fit."""
 
     exit_code = 4
+
+
+def one_line(e: BaseException) -> str:
+    """The first line of an exception's message (its type's name when it has none)."""
+    text = str(e).strip().splitlines()
+    return text[0] if text else type(e).__name__

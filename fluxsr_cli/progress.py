@@ -1,4 +1,4 @@
-"""Progress reporting: the library calls a plain callback, only the CLI draws bars."""
+"""Progress and notices: the library calls plain callbacks, only the CLI draws bars and prints."""
 
 from __future__ import annotations
 
@@ -11,3 +11,11 @@ ProgressFn = Callable[[str, int, int], None]
 
 def no_progress(stage: str, done: int, total: int) -> None:
     """The default callback: report nothing."""
+
+
+# notice(message): a one-line note for the user (a download starting, a licence, a smaller tile)
+Notice = Callable[[str], None]
+
+
+def no_notice(message: str) -> None:
+    """The default callback: say nothing."""

@@ -1,4 +1,9 @@
-"""The ``fluxsr`` command: a thin Typer layer over the library, one file per command."""
+"""The ``fluxsr`` command: a thin Typer layer over the library, one file per command.
+
+Each command parses its options, builds a config, calls one library function and shows progress
+and a result; ``common.py`` maps library errors to one line and an exit code. Open ``upscale.py``
+first. The top of the house: it may import every wing, and no wing imports it.
+"""
 
 from __future__ import annotations
 

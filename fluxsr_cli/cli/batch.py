@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.table import Table
 
-from fluxsr_cli.model.checkpoint import DEFAULT_MODEL
 from fluxsr_cli.cli import model_options as mo
-from fluxsr_cli.cli.common import console, handle_errors, out, rich_progress
+from fluxsr_cli.cli.common import handle_errors, note, out, rich_progress
+from fluxsr_cli.model.checkpoint import DEFAULT_MODEL
 
 FILES = "Files"
 
@@ -57,8 +58,8 @@ def batch(
       fluxsr batch photos -o photos_x4 --recursive --report report.json
       fluxsr batch scans -o out --include "*.tif" --suffix _x4 --ext png
     """
-    from fluxsr_cli.upscale.batch import BatchConfig, plan_batch, run_batch
     from fluxsr_cli.processes import default_processes
+    from fluxsr_cli.upscale.batch import BatchConfig, plan_batch, run_batch
 
     config = BatchConfig(
         input_dir=src, output_dir=output, recursive=recursive, include=tuple(include or ()),
@@ -66,10 +67,11 @@ def batch(
         quality=quality, strip_metadata=strip_metadata, keep_mode=not rgb, overwrite=overwrite, report=report)
     procs = default_processes()
     main = procs.index == 0
-    options = mo.upscale_options(
-        model=model, revision=revision, base=base, offline=offline, device=device or procs.device, dtype=dtype,
-        t_l=t_l, guidance=guidance, scale=scale, seed=seed, tile=tile, overlap=overlap, blend=blend,
-        tile_batch=tile_batch, tile_space=tile_space, vae_tile=vae_tile, color_fix=color_fix, offload=offload, compile=compile)
+    loading = mo.model_options(model=model, revision=revision, base=base, offline=offline,
+                               device=device or procs.device, dtype=dtype, t_l=t_l, guidance=guidance,
+                               offload=offload, compile=compile)
+    options = mo.upscale_options(scale=scale, seed=seed, tile=tile, overlap=overlap, blend=blend,
+                                 tile_batch=tile_batch, tile_space=tile_space, vae_tile=vae_tile, color_fix=color_fix)
     jobs = plan_batch(config)  # bad folders fail before minutes of model loading
     pending = sum(j.status == "pending" for j in jobs)
     if dry_run:
@@ -81,9 +83,8 @@ def batch(
         if pending:
             from fluxsr_cli.upscale.restore import load_upscaler
 
-            upscaler = load_upscaler(options, progress, notice=lambda m: console.print(f"[yellow]note:[/] {m}"))
-            upscaler.progress = progress
-            fn = upscaler.upscale_array
+            upscaler = load_upscaler(loading, progress, notice=note)
+            fn = functools.partial(upscaler.upscale_array, options=options, progress=progress, notice=note)
         result = run_batch(config, fn, progress, jobs=jobs, processes=procs)
     if main:
         _print_report(result)

@@ -53,6 +53,12 @@ def handle_errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def note(message: str) -> None:
+    """A library notice on stderr, as plain text after a yellow ``note:``."""
+    console.print("[yellow]note:[/] ", end="")
+    console.print(message, soft_wrap=True, markup=False, highlight=False)
+
+
 @contextlib.contextmanager
 def rich_progress(transient: bool = False, enabled: bool | None = None) -> Iterator[ProgressFn]:
     """A Rich progress display driven by the library's ``progress(stage, done, total)`` callback.

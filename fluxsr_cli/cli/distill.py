@@ -30,8 +30,8 @@ def distill(
     """
     if ctx.invoked_subcommand is not None:
         return
+    from fluxsr_cli.train.config import load_distill_config
     from fluxsr_cli.train.loop import distill as run_distill
-    from fluxsr_cli.train.loop import load_distill_config
 
     if config is None:
         console.print("give --config FILE (see configs/ftd.toml); `fluxsr distill --help` lists the options")
@@ -70,7 +70,7 @@ def export(
       fluxsr distill export runs/ftd -o my-fluxsr
       fluxsr distill export runs/ftd --checkpoint runs/ftd/checkpoints/step-0002000 -o my-fluxsr-2k
     """
-    from fluxsr_cli.train.loop import export_checkpoint
+    from fluxsr_cli.train.checkpoints import export_checkpoint
 
     path = export_checkpoint(run_dir, output, checkpoint=checkpoint, overwrite=overwrite)
     out.print(f"wrote {path}")

@@ -1,4 +1,4 @@
-"""Model options shared by `fluxsr upscale` and `fluxsr batch`: declared once, used by both."""
+"""Model and upscale options shared by `fluxsr upscale` and `fluxsr batch`: declared once, used by both."""
 
 from __future__ import annotations
 
@@ -44,16 +44,22 @@ Offload = Annotated[str, typer.Option("--offload", rich_help_panel=TILES, help="
 Compile = Annotated[bool, typer.Option("--compile", rich_help_panel=TILES, help="torch.compile the transformer and the VAE (faster once warm; the first images of each new size compile).")]
 
 
-def upscale_options(*, model: str = DEFAULT_MODEL, revision: str | None = None, base: str | None = None,
-                    offline: bool = False, device: str | None = None, dtype: str | None = None,
-                    t_l: float | None = None, guidance: float | None = None, scale: int = 4, seed: int = 0,
-                    tile: str = "1024", overlap: int | None = None, blend: str = "cosine", tile_batch: int = 1,
-                    tile_space: str = "latent", vae_tile: str = "auto", color_fix: str = "wavelet",
-                    offload: str = "none", compile: bool = False):
-    """Build :class:`fluxsr_cli.upscale.restore.UpscaleOptions` from the CLI values (validated there)."""
-    from fluxsr_cli.upscale.restore import UpscaleOptions
+def model_options(*, model: str = DEFAULT_MODEL, revision: str | None = None, base: str | None = None,
+                  offline: bool = False, device: str | None = None, dtype: str | None = None,
+                  t_l: float | None = None, guidance: float | None = None, offload: str = "none",
+                  compile: bool = False):
+    """:class:`fluxsr_cli.upscale.options.ModelOptions` from the CLI values (validated there)."""
+    from fluxsr_cli.upscale.options import ModelOptions
 
-    return UpscaleOptions(model=model, revision=revision, base=base, offline=offline, device=device, dtype=dtype,
-                          t_l=t_l, guidance=guidance, scale=scale, seed=seed, tile=tile, overlap=overlap,
-                          blend=blend, tile_batch=tile_batch, tile_space=tile_space, vae_tile=vae_tile,
-                          color_fix=color_fix, offload=offload, compile=compile)
+    return ModelOptions(model=model, revision=revision, base=base, offline=offline, device=device, dtype=dtype,
+                        t_l=t_l, guidance=guidance, offload=offload, compile=compile)
+
+
+def upscale_options(*, scale: int = 4, seed: int = 0, tile: str = "1024", overlap: int | None = None,
+                    blend: str = "cosine", tile_batch: int = 1, tile_space: str = "latent", vae_tile: str = "auto",
+                    color_fix: str = "wavelet"):
+    """:class:`fluxsr_cli.upscale.options.UpscaleOptions` from the CLI values (validated there)."""
+    from fluxsr_cli.upscale.options import UpscaleOptions
+
+    return UpscaleOptions(scale=scale, seed=seed, tile=tile, overlap=overlap, blend=blend, tile_batch=tile_batch,
+                          tile_space=tile_space, vae_tile=vae_tile, color_fix=color_fix)

@@ -25,8 +25,8 @@ def pairs(config: Config, overrides: Overrides = None, offload: Offload = None, 
     """
     from rich.markup import escape
 
-    from fluxsr_cli.model.checkpoint import FLUX_LICENCE_NOTE
     from fluxsr_cli.configs import load_config
+    from fluxsr_cli.model.hub import FLUX_LICENCE_NOTE
     from fluxsr_cli.train.pairs import PairsConfig, generate_pairs
 
     console.print(f"[yellow]licence:[/] {escape(FLUX_LICENCE_NOTE)}", soft_wrap=True, markup=True, highlight=False)

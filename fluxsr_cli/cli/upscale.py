@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from fluxsr_cli.model.checkpoint import DEFAULT_MODEL
 from fluxsr_cli.cli import model_options as mo
-from fluxsr_cli.cli.common import console, handle_errors, out, rich_progress
+from fluxsr_cli.cli.common import handle_errors, note, out, rich_progress
+from fluxsr_cli.model.checkpoint import DEFAULT_MODEL
 
 
 @handle_errors
@@ -38,18 +39,18 @@ def upscale(
     from fluxsr_cli.upscale.batch import WriteOptions, check_job, upscale_file
     from fluxsr_cli.upscale.restore import load_upscaler
 
-    options = mo.upscale_options(
-        model=model, revision=revision, base=base, offline=offline, device=device, dtype=dtype, t_l=t_l,
-        guidance=guidance, scale=scale, seed=seed, tile=tile, overlap=overlap, blend=blend, tile_batch=tile_batch,
-        tile_space=tile_space, vae_tile=vae_tile, color_fix=color_fix, offload=offload, compile=compile)
+    loading = mo.model_options(model=model, revision=revision, base=base, offline=offline, device=device,
+                               dtype=dtype, t_l=t_l, guidance=guidance, offload=offload, compile=compile)
+    options = mo.upscale_options(scale=scale, seed=seed, tile=tile, overlap=overlap, blend=blend,
+                                 tile_batch=tile_batch, tile_space=tile_space, vae_tile=vae_tile, color_fix=color_fix)
     write = WriteOptions(overwrite=overwrite, quality=quality, strip_metadata=strip_metadata,
                          max_pixels=int(max_pixels * 1e6))
     check_job(src, output, scale, write)  # bad input fails before minutes of model loading
     start = time.perf_counter()
     with rich_progress(transient=True) as progress:
-        upscaler = load_upscaler(options, progress, notice=lambda m: console.print(f"[yellow]note:[/] {m}"))
-        upscaler.progress = progress  # tiles and VAE passes report here
-        result = upscale_file(src, output, upscaler.upscale_array, scale=scale, options=write)
-    for note in result.notes:  # what the output could not keep (alpha into JPEG, pages, CMYK, ...)
-        console.print(f"[yellow]note:[/] {note}", soft_wrap=True, highlight=False)
+        upscaler = load_upscaler(loading, progress, notice=note)
+        fn = functools.partial(upscaler.upscale_array, options=options, progress=progress, notice=note)
+        result = upscale_file(src, output, fn, scale=scale, options=write)
+    for message in result.notes:  # what the output could not keep (alpha into JPEG, pages, CMYK, ...)
+        note(message)
     out.print(f"wrote {output} ({result.out_size[0]}x{result.out_size[1]}) in {time.perf_counter() - start:.1f} s")

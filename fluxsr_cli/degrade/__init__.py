@@ -2,5 +2,6 @@
 
 ``kernels`` (pure blur kernels), ``ops`` (blur, resize, noise, JPEG), ``config`` (frozen settings),
 ``pipeline`` (draw and apply, :func:`degrade`) and ``folder`` (a folder of images, behind
-``fluxsr degrade``). Importing this package imports nothing heavy; import the submodules you need.
+``fluxsr degrade``). Open ``pipeline.py`` first. Imports the images wing and the shared ground;
+importing this package imports nothing heavy: import the submodules you need.
 """

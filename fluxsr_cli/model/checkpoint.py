@@ -1,4 +1,4 @@
-"""Finding and loading fluxsr checkpoints and the FLUX base (transformer + VAE).
+"""fluxsr checkpoints: what they hold, reading them (small files only) and writing them atomically.
 
 A checkpoint is a Hub repo id (with a revision) or a local folder, in one of two formats:
 
@@ -8,8 +8,8 @@ A checkpoint is a Hub repo id (with a revision) or a local folder, in one of two
 2. **community** FluxSR port (``mon3tr/FluxSR-private``): ``pytorch_lora_weights.safetensors``,
    ``t5_embedding.pth``, ``clip_embedding.pth`` and an optional ``training_config.json``.
 
-The base model comes from ``black-forest-labs/FLUX.1-dev`` (gated) or a local copy; only
-``transformer/`` and ``vae/`` are fetched: never the text encoders, never the single-file duplicate.
+Where the files come from is :mod:`fluxsr_cli.model.hub`; loading the transformer, the VAE and
+the LoRA is :mod:`fluxsr_cli.model.loading`.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,29 +25,16 @@ from typing import Any
 import torch
 
 from fluxsr_cli.errors import CheckpointError, ConfigError
+from fluxsr_cli.model.hub import DEFAULT_BASE, resolve
+from fluxsr_cli.progress import Notice, no_notice
 
 DEFAULT_MODEL = "mon3tr/FluxSR-private"
-DEFAULT_BASE = "black-forest-labs/FLUX.1-dev"
 FORMAT_VERSION = 1
-ADAPTER_NAME = "fluxsr"
-
-FLUX_LICENCE_NOTE = (
-    "FLUX.1-dev is a gated model under the FLUX.1 [dev] Non-Commercial License: you must accept it at "
-    "https://huggingface.co/black-forest-labs/FLUX.1-dev, use is non-commercial, and the licence also "
-    "restricts training other models on its outputs."
-)
 
 CHECKPOINT_FILES = [
     "fluxsr.json", "embeddings.safetensors", "lora.safetensors", "transformer/*",
     "pytorch_lora_weights.safetensors", "t5_embedding.pth", "clip_embedding.pth", "training_config.json",
 ]
-BASE_FILES = ["model_index.json", "transformer/*", "vae/*"]
-
-Notice = Callable[[str], None]
-
-
-def _no_notice(message: str) -> None:
-    pass
 
 
 @dataclass(frozen=True)
@@ -82,94 +68,6 @@ class Checkpoint:
     lora_file: Path | None = None
     transformer_dir: Path | None = None
 
-
-# --------------------------------------------------------------------------------------------
-# Resolution: Hub repo id or local folder -> local folder
-# --------------------------------------------------------------------------------------------
-
-def is_local_ref(ref: str | Path) -> bool:
-    """A path that exists, or that is clearly meant as one (starts with / . ~ or holds a backslash)."""
-    text = str(ref)
-    return Path(text).expanduser().exists() or text.startswith(("/", ".", "~")) or "\\" in text or text.count("/") > 1
-
-
-def _offline_env() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
-
-
-def resolve(ref: str | Path, revision: str | None = None, offline: bool = False,
-            allow_patterns: list[str] | None = None, notice: Notice = _no_notice,
-            first_download_note: str | None = None) -> Path:
-    """Return a local folder for ``ref`` (a folder, or a Hub repo downloaded to the HF cache).
-
-    ``first_download_note`` is passed to ``notice`` when the repo is not in the cache yet (the
-    FLUX.1-dev licence note). All Hub failures become one-line :class:`CheckpointError` messages.
-    """
-    if is_local_ref(ref):
-        path = Path(ref).expanduser()
-        if not path.is_dir():
-            raise CheckpointError(f"{path}: no such folder; give a local checkpoint folder or a Hub repo id")
-        return path
-
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import (
-        GatedRepoError,
-        HfHubHTTPError,
-        LocalEntryNotFoundError,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-    )
-
-    repo = str(ref)
-    offline = offline or _offline_env()
-    try:
-        return Path(snapshot_download(repo, revision=revision, allow_patterns=allow_patterns, local_files_only=True))
-    except (LocalEntryNotFoundError, FileNotFoundError, OSError):
-        if offline:
-            raise CheckpointError(
-                f"{repo}: not in the local Hugging Face cache and offline mode is on; "
-                "run once online to download it, or pass a local folder"
-            ) from None
-    if first_download_note:
-        notice(first_download_note)
-    notice(f"downloading {repo}" + (f"@{revision}" if revision else "") + " from the Hugging Face Hub")
-    try:
-        return Path(snapshot_download(repo, revision=revision, allow_patterns=allow_patterns))
-    except GatedRepoError as e:
-        raise CheckpointError(_gated_message(repo, e)) from None
-    except RevisionNotFoundError:
-        raise CheckpointError(f"{repo}: revision {revision!r} does not exist; check --revision") from None
-    except RepositoryNotFoundError:
-        raise CheckpointError(
-            f"{repo}: no such repository on the Hugging Face Hub (or it is private); check the name, "
-            "or log in with `hf auth login` if it is private"
-        ) from None
-    except LocalEntryNotFoundError:
-        raise CheckpointError(
-            f"{repo}: cannot reach the Hugging Face Hub and nothing is cached; check the network, "
-            "or pass a local folder"
-        ) from None
-    except HfHubHTTPError as e:
-        status = getattr(getattr(e, "response", None), "status_code", None)
-        if status in (401, 403):
-            raise CheckpointError(_gated_message(repo, e)) from None
-        raise CheckpointError(f"{repo}: download failed ({str(e).splitlines()[0]}); retry later") from None
-
-
-def _gated_message(repo: str, error: Exception) -> str:
-    from huggingface_hub import get_token
-
-    status = getattr(getattr(error, "response", None), "status_code", None)
-    if get_token() is None or status == 401:
-        return (f"{repo}: gated model and you are not logged in; accept its licence at "
-                f"https://huggingface.co/{repo}, then run `hf auth login` or set HF_TOKEN")
-    return (f"{repo}: your Hugging Face account has no access yet; accept the licence at "
-            f"https://huggingface.co/{repo} and retry")
-
-
-# --------------------------------------------------------------------------------------------
-# Reading checkpoints
-# --------------------------------------------------------------------------------------------
 
 def check_safetensors(path: Path) -> list[str]:
     """Open a safetensors file's header (which also checks the file size); return its keys or raise."""
@@ -245,7 +143,7 @@ def _community_settings(root: Path) -> dict[str, Any]:
 
 
 def read_checkpoint(ref: str | Path, revision: str | None = None, offline: bool = False,
-                    notice: Notice = _no_notice) -> Checkpoint:
+                    notice: Notice = no_notice) -> Checkpoint:
     """Resolve ``ref`` and read its settings and fixed conditioning (small files only)."""
     root = resolve(ref, revision=revision, offline=offline, allow_patterns=CHECKPOINT_FILES, notice=notice)
     if (root / "fluxsr.json").is_file():
@@ -292,104 +190,6 @@ def read_checkpoint(ref: str | Path, revision: str | None = None, offline: bool 
             f"{tuple(ckpt.pooled_prompt_embeds.shape)}; expected [1, L, D] and [1, P]"
         )
     return ckpt
-
-
-# --------------------------------------------------------------------------------------------
-# Loading models
-# --------------------------------------------------------------------------------------------
-
-def _from_pretrained(cls: Any, root: Path, subfolder: str, dtype: torch.dtype) -> Any:
-    folder = root / subfolder
-    if not (folder / "config.json").is_file():
-        raise CheckpointError(f"{folder}: config.json missing; the model folder is incomplete (download it again)")
-    weights = sorted(folder.glob("*.safetensors"))
-    if not weights:
-        raise CheckpointError(f"{folder}: no .safetensors weights; the model folder is incomplete (download it again)")
-    index = [w for w in folder.glob("*.index.json")]
-    if not index:
-        for w in weights:
-            check_safetensors(w)
-    try:
-        return cls.from_pretrained(str(root), subfolder=subfolder, torch_dtype=dtype)
-    except (OSError, ValueError, RuntimeError) as e:
-        raise CheckpointError(f"{folder}: cannot load ({str(e).splitlines()[0]}); "
-                              "the files are incomplete or corrupt: download them again") from None
-
-
-def estimate_params(config: dict[str, Any]) -> float:
-    """Approximate parameter count of a FLUX transformer from its config (36 d^2 per double block,
-    15 d^2 per single block)."""
-    d = config["num_attention_heads"] * config["attention_head_dim"]
-    return float((36 * config["num_layers"] + 15 * config["num_single_layers"]) * d * d)
-
-
-def read_transformer_config(root: Path) -> dict[str, Any]:
-    path = root / "transformer" / "config.json"
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise CheckpointError(f"{path}: missing; the base model folder is incomplete (download it again)") from None
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{path}: not valid JSON ({e}); download it again") from None
-
-
-def load_transformer(root: Path, dtype: torch.dtype):
-    from diffusers import FluxTransformer2DModel
-
-    return _from_pretrained(FluxTransformer2DModel, root, "transformer", dtype).eval().requires_grad_(False)
-
-
-def load_vae(root: Path, dtype: torch.dtype):
-    from diffusers import AutoencoderKL
-
-    return _from_pretrained(AutoencoderKL, root, "vae", dtype).eval().requires_grad_(False)
-
-
-def apply_lora(transformer: Any, lora_file: Path, fuse: bool = True) -> int:
-    """Load a FLUX LoRA into ``transformer``; fail loudly if any of its keys matched nothing.
-
-    Some diffusers/peft paths only warn when keys do not match (and the model then behaves like the
-    base): we compare the adapter the model holds after loading with the file. Returns the number
-    of LoRA tensors loaded. With ``fuse`` the LoRA is merged into the weights and the adapter removed.
-    """
-    from diffusers import FluxPipeline
-    from peft import get_peft_model_state_dict
-
-    check_safetensors(lora_file)
-    try:
-        state_dict, alphas, metadata = FluxPipeline.lora_state_dict(
-            str(lora_file.parent), weight_name=lora_file.name, return_alphas=True, return_lora_metadata=True
-        )
-    except Exception as e:
-        raise CheckpointError(f"{lora_file}: not a FLUX LoRA diffusers can read ({str(e).splitlines()[0]})") from None
-    lora_keys = {k.removeprefix("transformer.") for k in state_dict if ".lora_" in k or k.startswith("transformer.")}
-    stray = sorted(k for k in state_dict if not k.startswith("transformer."))
-    if stray:
-        raise CheckpointError(f"{lora_file}: {len(stray)} keys are not for the FLUX transformer "
-                              f"(e.g. {stray[0]!r}); text-encoder LoRAs are not supported")
-    if not lora_keys:
-        raise CheckpointError(f"{lora_file}: holds no LoRA weights")
-    try:
-        FluxPipeline.load_lora_into_transformer(
-            state_dict, network_alphas=alphas, transformer=transformer, adapter_name=ADAPTER_NAME, metadata=metadata
-        )
-    except Exception as e:
-        raise CheckpointError(f"{lora_file}: does not fit this transformer ({str(e).splitlines()[0]}); "
-                              "is it a LoRA for a different base model?") from None
-    loaded = get_peft_model_state_dict(transformer, adapter_name=ADAPTER_NAME) if getattr(
-        transformer, "peft_config", None) else {}
-    lora_tensors = {k for k in lora_keys if ".lora_A" in k or ".lora_B" in k}
-    missing = sorted(k for k in lora_tensors if k not in loaded)
-    if missing or not loaded:
-        example = missing[0] if missing else sorted(lora_keys)[0]
-        raise CheckpointError(
-            f"{lora_file}: {len(missing) or len(lora_keys)} LoRA tensors matched no layer of the transformer "
-            f"(e.g. {example!r}); the file's key layout does not fit this model"
-        )
-    if fuse:
-        transformer.fuse_lora(lora_scale=1.0, adapter_names=[ADAPTER_NAME])
-        transformer.unload_lora()
-    return len(lora_tensors)
 
 
 def save_checkpoint(out_dir: Path, info: CheckpointInfo, embeddings: dict[str, torch.Tensor],

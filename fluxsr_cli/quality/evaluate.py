@@ -21,10 +21,10 @@ from pathlib import Path
 import numpy as np
 
 from fluxsr_cli.atomic import atomic_write_text
-from fluxsr_cli.errors import CheckpointError, ConfigError, FluxSRError, InputError
+from fluxsr_cli.errors import CheckpointError, ConfigError, FluxSRError, InputError, one_line
 from fluxsr_cli.images.reading import read_image
-from fluxsr_cli.quality.metrics import psnr_y, ssim_y
 from fluxsr_cli.progress import ProgressFn, no_progress
+from fluxsr_cli.quality.metrics import psnr_y, ssim_y
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -134,11 +134,6 @@ class _Unavailable(Exception):
     """A metric that cannot run here; the message is the reason shown to the user."""
 
 
-def _one_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0][:200] if text else type(e).__name__
-
-
 def _list_images(folder: Path) -> dict[str, list[Path]]:
     """stem -> the image files of that name in ``folder`` (several when only the suffix differs)."""
     by_stem: dict[str, list[Path]] = {}
@@ -202,11 +197,11 @@ def _pyiqa_scorer(spec: MetricSpec, device: str) -> Scorer:
     try:
         import pyiqa
     except Exception as e:  # ImportError, or torchvision failing to import beside this torch
-        raise _Unavailable(f"needs pyiqa ({_one_line(e)}); pip install 'fluxsr[eval]'") from None
+        raise _Unavailable(f"needs pyiqa ({one_line(e)[:200]}); pip install 'fluxsr[eval]'") from None
     try:
         metric = pyiqa.create_metric(spec.pyiqa_name, device=device, as_loss=False)
     except Exception as e:  # weights not downloadable offline, unknown name in an old pyiqa, ...
-        raise _Unavailable(f"pyiqa {spec.pyiqa_name} cannot load ({_one_line(e)})") from None
+        raise _Unavailable(f"pyiqa {spec.pyiqa_name} cannot load ({one_line(e)[:200]})") from None
 
     import torch
 
@@ -273,7 +268,7 @@ def _score_row(row: ImageResult, scorers: dict[str, Scorer]) -> None:
         try:
             row.scores[name] = scorer(pred, gt if full_ref else None)
         except Exception as e:  # one metric failing on one image must not hide the others
-            row.notes.append(f"{name} failed: {_one_line(e)}")
+            row.notes.append(f"{name} failed: {one_line(e)[:200]}")
 
 
 def evaluate(config: EvalConfig, progress: ProgressFn = no_progress) -> EvalReport:

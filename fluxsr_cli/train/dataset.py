@@ -13,17 +13,23 @@
 
 Manifest keys: index, seed, prompt, latents, hq, lq (paths relative to DATA), height, width, scale,
 teacher {model, revision, steps, guidance, dtype}, degradation {every drawn parameter}.
+
+An item is finished once its files exist and its line is in a manifest part (:func:`finished_items`);
+:func:`merge_manifest` writes ``manifest.jsonl`` from the parts, which :func:`read_manifest` and
+:class:`PairDataset` read.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from fluxsr_cli.atomic import atomic_write_text
 from fluxsr_cli.errors import InputError
 
 LATENT_KEYS = ("eps", "z_0", "z_l")
@@ -108,3 +114,55 @@ class PairDataset(torch.utils.data.Dataset):
         if self.lq:
             item["lq"] = load_image(self.root / record["lq"])
         return item
+
+
+def item_names(index: int) -> dict[str, str]:
+    """Relative paths of item ``index``'s files."""
+    stem = f"{index:06d}"
+    return {"latents": f"items/{stem}.safetensors", "hq": f"hq/{stem}.png", "lq": f"lq/{stem}.png"}
+
+
+def read_lines(path: Path) -> tuple[list[str], bool]:
+    """Complete JSON lines of a manifest part; the flag says a torn last line was dropped."""
+    if not path.is_file():
+        return [], False
+    raw = path.read_text(encoding="utf-8", errors="replace")
+    lines, torn = raw.split("\n"), False
+    if lines[-1] == "":
+        lines.pop()
+    elif lines:
+        lines.pop()
+        torn = True
+    good = []
+    for line in lines:
+        try:
+            if isinstance(json.loads(line).get("index"), int):
+                good.append(line)
+        except (json.JSONDecodeError, AttributeError):
+            torn = True
+    return good, torn
+
+
+def finished_items(root: Path) -> dict[int, str]:
+    """Index -> manifest line of every finished item (line recorded and files present)."""
+    lines: dict[int, str] = {}
+    sources = [root / "manifest.jsonl", *sorted((root / "parts").glob("manifest-*.jsonl"))]
+    for source in sources:
+        for line in read_lines(source)[0]:
+            lines[json.loads(line)["index"]] = line
+    return {i: line for i, line in sorted(lines.items())
+            if all((root / rel).is_file() for rel in item_names(i).values())}
+
+
+def append_line(path: Path, line: str) -> None:
+    with path.open("a", encoding="utf-8") as f:
+        f.write(line + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def merge_manifest(root: Path) -> int:
+    """Write ``manifest.jsonl`` (every finished item, sorted by index) atomically; returns its length."""
+    lines = finished_items(root)
+    atomic_write_text(root / "manifest.jsonl", "".join(line + "\n" for line in lines.values()))
+    return len(lines)

@@ -23,10 +23,8 @@ import gc
 import hashlib
 import json
 import math
-import os
 import time
 import warnings
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,22 +32,21 @@ from typing import Any
 import torch
 
 from fluxsr_cli.atomic import atomic_write_text
-from fluxsr_cli.model.checkpoint import DEFAULT_BASE
 from fluxsr_cli.configs import dumps_toml
 from fluxsr_cli.errors import CheckpointError, ConfigError, InputError
+from fluxsr_cli.model.hub import DEFAULT_BASE
+from fluxsr_cli.model.loading import DTYPES
+from fluxsr_cli.model.placement import OFFLOADS
 from fluxsr_cli.processes import AccelerateProcesses, launched
-from fluxsr_cli.progress import ProgressFn, no_progress
+from fluxsr_cli.progress import Notice, ProgressFn, no_notice, no_progress
+from fluxsr_cli.train.dataset import append_line, finished_items, item_names, merge_manifest, read_lines
 
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-OFFLOADS = ("none", "model", "sequential")
 TEACHER_FILES = ["model_index.json", "scheduler/*", "text_encoder/*", "text_encoder_2/*", "tokenizer/*",
                  "tokenizer_2/*", "transformer/*", "vae/*"]
 # settings that decide the content of an item: a data set only resumes with the same values
 CONTENT_KEYS = ("teacher", "revision", "resolution", "steps", "guidance", "seed", "max_sequence_length",
                 "student_prompt")
 MAX_SEED = 2**63 - 1
-
-Notice = Callable[[str], None]
 
 
 @dataclass(frozen=True)
@@ -129,12 +126,6 @@ def draw_eps(generator: torch.Generator, shape: tuple[int, ...], dtype: torch.dt
     return torch.randn(shape, generator=generator).to(dtype).float()
 
 
-def item_names(index: int) -> dict[str, str]:
-    """Relative paths of item ``index``'s files."""
-    stem = f"{index:06d}"
-    return {"latents": f"items/{stem}.safetensors", "hq": f"hq/{stem}.png", "lq": f"lq/{stem}.png"}
-
-
 def assigned_indices(num_pairs: int, rank: int, world_size: int) -> list[int]:
     """The items of process ``rank`` of ``world_size``: every ``world_size``-th index from ``rank``."""
     return list(range(rank, num_pairs, world_size))
@@ -171,38 +162,6 @@ def read_prompts(path: Path) -> list[str]:
     if not prompts:
         raise ConfigError(f"prompts = {path}: holds no prompts; add at least one")
     return prompts
-
-
-def _read_lines(path: Path) -> tuple[list[str], bool]:
-    """Complete JSON lines of a manifest part; the flag says a torn last line was dropped."""
-    if not path.is_file():
-        return [], False
-    raw = path.read_text(encoding="utf-8", errors="replace")
-    lines, torn = raw.split("\n"), False
-    if lines[-1] == "":
-        lines.pop()
-    elif lines:
-        lines.pop()
-        torn = True
-    good = []
-    for line in lines:
-        try:
-            if isinstance(json.loads(line).get("index"), int):
-                good.append(line)
-        except (json.JSONDecodeError, AttributeError):
-            torn = True
-    return good, torn
-
-
-def finished_items(root: Path) -> dict[int, str]:
-    """Index -> manifest line of every finished item (line recorded and files present)."""
-    lines: dict[int, str] = {}
-    sources = [root / "manifest.jsonl", *sorted((root / "parts").glob("manifest-*.jsonl"))]
-    for source in sources:
-        for line in _read_lines(source)[0]:
-            lines[json.loads(line)["index"]] = line
-    return {i: line for i, line in sorted(lines.items())
-            if all((root / rel).is_file() for rel in item_names(i).values())}
 
 
 # ------------------------------------------------------------------------------ checks before loading
@@ -356,28 +315,14 @@ def _save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
         save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
 
 
-def _append_line(path: Path, line: str) -> None:
-    with path.open("a", encoding="utf-8") as f:
-        f.write(line + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def merge_manifest(root: Path) -> int:
-    """Write ``manifest.jsonl`` (every finished item, sorted by index) atomically; returns its length."""
-    lines = finished_items(root)
-    atomic_write_text(root / "manifest.jsonl", "".join(line + "\n" for line in lines.values()))
-    return len(lines)
-
-
 def make_item(index: int, seed: int, prompt: str, embeds: tuple[torch.Tensor, torch.Tensor], pipe: Any,
               vae: Any, degradation: Any, config: PairsConfig, dtype: torch.dtype, device: torch.device,
               ) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor, dict[str, Any]]:
     """One pair: (latents {eps, z_0, z_l} [16, h, w], hq [1, 3, H, W] uint8, lq uint8, manifest record)."""
-    from fluxsr_cli.model import vae as vae_lib
     from fluxsr_cli.degrade.ops import to_uint8
     from fluxsr_cli.degrade.pipeline import degrade
-    from fluxsr_cli.upscale.restore import bicubic_upsample
+    from fluxsr_cli.model import vae as vae_lib
+    from fluxsr_cli.upscale.bicubic import bicubic_upsample
 
     side = config.resolution // 8
     channels = pipe.transformer.config.in_channels // 4
@@ -403,7 +348,7 @@ def make_item(index: int, seed: int, prompt: str, embeds: tuple[torch.Tensor, to
 
 # ------------------------------------------------------------------------------ the command
 
-def generate_pairs(config: PairsConfig, progress: ProgressFn = no_progress, notice: Notice = lambda message: None,
+def generate_pairs(config: PairsConfig, progress: ProgressFn = no_progress, notice: Notice = no_notice,
                    rank: int | None = None, world_size: int | None = None) -> PairsSummary:
     """Generate (or finish) the pairs data set of ``config`` for this process; see the module docstring."""
     start = time.perf_counter()
@@ -422,7 +367,7 @@ def generate_pairs(config: PairsConfig, progress: ProgressFn = no_progress, noti
     for folder in ("items", "hq", "lq", "parts"):
         (root / folder).mkdir(parents=True, exist_ok=True)
     part = root / "parts" / f"manifest-{rank:05d}.jsonl"
-    lines, torn = _read_lines(part)
+    lines, torn = read_lines(part)
     if torn:  # a killed run left half a line: keep the complete ones
         atomic_write_text(part, "".join(line + "\n" for line in lines))
 
@@ -444,8 +389,14 @@ def generate_pairs(config: PairsConfig, progress: ProgressFn = no_progress, noti
 def _generate(config: PairsConfig, prompts: list[str], degradation: Any, todo: list[int], need_embeddings: bool,
               root: Path, part: Path, done: dict[int, str], procs: Any, progress: ProgressFn,
               notice: Notice) -> int:
-    from fluxsr_cli.model.checkpoint import load_transformer, load_vae, read_transformer_config, resolve
-    from fluxsr_cli.upscale.restore import pick_device
+    from fluxsr_cli.model.hub import resolve
+    from fluxsr_cli.model.loading import (
+        compute_dtype,
+        load_transformer,
+        load_vae,
+        pick_device,
+        read_transformer_config,
+    )
 
     base = resolve(config.teacher, revision=config.revision, offline=config.offline,
                    allow_patterns=TEACHER_FILES, notice=notice)
@@ -453,7 +404,7 @@ def _generate(config: PairsConfig, prompts: list[str], degradation: Any, todo: l
         device = procs.state.device
     else:
         device = pick_device(config.device, read_transformer_config(base), str(config.teacher))
-    dtype = DTYPES[config.dtype] if config.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
+    dtype = compute_dtype(config.dtype, device)
     if config.offload != "none" and device.type == "cpu":
         raise ConfigError(f"offload = {config.offload} needs a GPU; use offload = none on the CPU")
     made = {json.loads(line)["teacher"]["dtype"] for line in done.values()}
@@ -497,6 +448,6 @@ def _generate(config: PairsConfig, prompts: list[str], degradation: Any, todo: l
         _save_tensors(root / record["latents"], latents)
         _save_png(root / record["hq"], hq)
         _save_png(root / record["lq"], lq)
-        _append_line(part, json.dumps(record, ensure_ascii=False))
+        append_line(part, json.dumps(record, ensure_ascii=False))
         progress("pairs", k + 1, len(todo))
     return len(todo)

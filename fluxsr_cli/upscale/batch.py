@@ -21,8 +21,9 @@ from typing import Any, Literal
 import numpy as np
 
 from fluxsr_cli.atomic import atomic_write_text, check_writable
-from fluxsr_cli.errors import ConfigError, FluxSRError, InputError
-from fluxsr_cli.images.reading import READ_SUFFIXES, WRITE_FORMATS, image_size, one_line, read_image, write_image
+from fluxsr_cli.errors import ConfigError, FluxSRError, InputError, one_line
+from fluxsr_cli.images.reading import READ_SUFFIXES, image_size, read_image
+from fluxsr_cli.images.writing import WRITE_FORMATS, write_image
 from fluxsr_cli.processes import Processes, default_processes
 from fluxsr_cli.progress import ProgressFn, no_progress
 

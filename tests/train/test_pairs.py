@@ -14,7 +14,8 @@ from PIL import Image
 
 from fluxsr_cli.configs import load_config
 from fluxsr_cli.errors import ConfigError, InputError
-from fluxsr_cli.train.pairs import PairsConfig, derive_seed, generate_pairs, item_names, read_prompts
+from fluxsr_cli.train.dataset import item_names
+from fluxsr_cli.train.pairs import PairsConfig, derive_seed, generate_pairs, read_prompts
 
 MANIFEST_KEYS = {"index", "seed", "prompt", "latents", "hq", "lq", "height", "width", "scale", "teacher",
                  "degradation"}
@@ -110,10 +111,10 @@ def test_z0_regenerates_from_stored_eps_and_seed(full_run, teacher, config):
     from diffusers import FluxPipeline
 
     from fluxsr_cli.model import vae as vae_lib
-    from fluxsr_cli.train.dataset import PairDataset, load_image, read_manifest
     from fluxsr_cli.model.latents import pack
+    from fluxsr_cli.train.dataset import PairDataset, load_image, read_manifest
     from fluxsr_cli.train.pairs import draw_eps, encode_prompts, teacher_latent
-    from fluxsr_cli.upscale.restore import bicubic_upsample
+    from fluxsr_cli.upscale.bicubic import bicubic_upsample
 
     root, _ = full_run
     pipe = FluxPipeline.from_pretrained(str(teacher))
@@ -195,13 +196,13 @@ def no_models(monkeypatch):
     """Any attempt to resolve or load a model fails the test."""
     import diffusers
 
-    import fluxsr_cli.model.checkpoint as checkpoint
+    from fluxsr_cli.model import hub, loading
 
     def refuse(*args, **kwargs):
         raise AssertionError("a model was loaded before the config was checked")
 
-    monkeypatch.setattr(checkpoint, "resolve", refuse)
-    monkeypatch.setattr(checkpoint, "load_transformer", refuse)
+    monkeypatch.setattr(hub, "resolve", refuse)
+    monkeypatch.setattr(loading, "load_transformer", refuse)
     monkeypatch.setattr(diffusers.FluxPipeline, "from_pretrained", refuse)
 
 
@@ -260,12 +261,12 @@ def test_damaged_manifest_is_a_one_line_error(full_run, tmp_path):
 def test_resume_refuses_another_dtype_before_loading(full_run, config, monkeypatch):
     import diffusers
 
-    import fluxsr_cli.model.checkpoint as checkpoint
+    from fluxsr_cli.model import loading
 
     def refuse(*args, **kwargs):
         raise AssertionError("a model was loaded before the dtype was checked")
 
-    monkeypatch.setattr(checkpoint, "load_transformer", refuse)
+    monkeypatch.setattr(loading, "load_transformer", refuse)
     monkeypatch.setattr(diffusers.FluxPipeline, "from_pretrained", refuse)
     with pytest.raises(ConfigError, match="made in fp32 but this run would use fp16"):
         generate_pairs(replace(config, output=full_run[0], num_pairs=7, dtype="fp16"))
@@ -275,9 +276,9 @@ def test_resume_refuses_another_dtype_before_loading(full_run, config, monkeypat
 
 def test_the_shipped_config_and_prompts_load(monkeypatch):
     """`fluxsr pairs --config configs/ftd.toml` from the repository root finds its prompts file."""
-    from fluxsr_cli.train.loop import load_distill_config
+    from fluxsr_cli.train.config import load_distill_config
 
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     monkeypatch.chdir(root)
     pairs = load_config(PairsConfig, Path("configs/ftd.toml"), "pairs")
     prompts = read_prompts(pairs.prompts)

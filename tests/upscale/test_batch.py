@@ -16,6 +16,8 @@ import pytest
 from accelerate import PartialState
 from PIL import Image
 
+from fluxsr_cli.errors import ConfigError, FluxSRError, InputError
+from fluxsr_cli.processes import AccelerateProcesses
 from fluxsr_cli.upscale.batch import (
     BatchConfig,
     WriteOptions,
@@ -24,9 +26,7 @@ from fluxsr_cli.upscale.batch import (
     run_batch,
     upscale_file,
 )
-from fluxsr_cli.errors import ConfigError, FluxSRError, InputError
-from fluxsr_cli.processes import AccelerateProcesses
-from tests.test_imageio import (
+from tests.images.test_imageio import (
     make_16bit_rgb,
     make_icc,
     make_rgba,
@@ -327,7 +327,7 @@ def test_two_real_processes_through_torchrun(tmp_path):
     src = make_tree(tmp_path / "photos")
     (tmp_path / "run.py").write_text(SCRIPT)
     logs = tmp_path / "logs"
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2]), "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
          "--log-dir", str(logs), "--redirects", "3",

@@ -5,11 +5,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fluxsr_cli.train.adl import FeatureCapture, parse_blocks
-from fluxsr_cli.model.architectures import TINY_TEXT_LENGTH, TINY_TRANSFORMER, build_transformer, random_embeddings
 from fluxsr_cli.errors import ConfigError
-from fluxsr_cli.train.losses import adl_loss
+from fluxsr_cli.model.architectures import (
+    TINY_TEXT_LENGTH,
+    TINY_TRANSFORMER,
+    build_transformer,
+    random_embeddings,
+)
 from fluxsr_cli.model.student import Conditioning, velocity
+from fluxsr_cli.train.adl import FeatureCapture, parse_blocks
+from fluxsr_cli.train.losses import adl_loss
 
 BLOCKS = [("double", 0), ("single", 0), ("single", 1)]
 

@@ -8,8 +8,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from fluxsr_cli.model import checkpoint as ck
 from fluxsr_cli.errors import CheckpointError
+from fluxsr_cli.model import checkpoint as ck
+from fluxsr_cli.model import hub, loading
 from fluxsr_cli.model.student import Conditioning, velocity
 from tests.conftest import HUB_BASE, HUB_MODEL
 
@@ -39,12 +40,12 @@ def test_community_format_reads_training_config(tiny_community):
 @pytest.mark.parametrize("fmt", ["fluxsr", "community"])
 def test_lora_changes_the_output_and_fuses(fmt, tiny_ckpt, tiny_community, tiny_base):
     c = ck.read_checkpoint(tiny_ckpt if fmt == "fluxsr" else tiny_community)
-    plain = ck.load_transformer(tiny_base, torch.float32)
+    plain = loading.load_transformer(tiny_base, torch.float32)
     base_v = _v(plain, c)
-    loaded = ck.load_transformer(tiny_base, torch.float32)
-    unfused = ck.load_transformer(tiny_base, torch.float32)
-    n = ck.apply_lora(loaded, c.lora_file, fuse=True)
-    ck.apply_lora(unfused, c.lora_file, fuse=False)
+    loaded = loading.load_transformer(tiny_base, torch.float32)
+    unfused = loading.load_transformer(tiny_base, torch.float32)
+    n = loading.apply_lora(loaded, c.lora_file, fuse=True)
+    loading.apply_lora(unfused, c.lora_file, fuse=False)
     assert n > 0
     assert not getattr(loaded, "peft_config", None) or not any(
         "lora_" in name for name, _ in loaded.named_parameters())  # fused and unloaded
@@ -61,7 +62,7 @@ def test_lora_with_wrong_key_layout_fails_loudly(tiny_ckpt, tiny_base, tmp_path)
     renamed = {k.replace("transformer_blocks", "double_blocks"): v for k, v in sd.items()}
     save_file(renamed, str(tmp_path / "lora.safetensors"))
     with pytest.raises(CheckpointError, match="matched no layer|does not fit"):
-        ck.apply_lora(ck.load_transformer(tiny_base, torch.float32), tmp_path / "lora.safetensors")
+        loading.apply_lora(loading.load_transformer(tiny_base, torch.float32), tmp_path / "lora.safetensors")
 
 
 def test_lora_for_another_model_fails(tiny_base, tmp_path):
@@ -70,7 +71,7 @@ def test_lora_for_another_model_fails(tiny_base, tmp_path):
     save_file({"unet.down.lora_A.weight": torch.zeros(4, 8), "unet.down.lora_B.weight": torch.zeros(8, 4)},
               str(tmp_path / "lora.safetensors"))
     with pytest.raises(CheckpointError, match="lora.safetensors"):
-        ck.apply_lora(ck.load_transformer(tiny_base, torch.float32), tmp_path / "lora.safetensors")
+        loading.apply_lora(loading.load_transformer(tiny_base, torch.float32), tmp_path / "lora.safetensors")
 
 
 def test_corrupt_safetensors_is_one_line(tiny_ckpt, tmp_path):
@@ -98,7 +99,7 @@ def test_missing_base_weights_are_named(tiny_base, tmp_path):
     for f in (broken / "vae").glob("*.safetensors"):
         f.unlink()
     with pytest.raises(CheckpointError, match="vae: no .safetensors weights"):
-        ck.load_vae(broken, torch.float32)
+        loading.load_vae(broken, torch.float32)
 
 
 def test_not_a_checkpoint(tmp_path):
@@ -113,7 +114,7 @@ def test_hub_cache_offline_resolution(offline_hub):
     c = ck.read_checkpoint(HUB_MODEL, offline=True)
     assert c.info.base_model == HUB_BASE
     assert "snapshots" in str(c.root)
-    base = ck.resolve(HUB_BASE, offline=True, allow_patterns=ck.BASE_FILES)
+    base = hub.resolve(HUB_BASE, offline=True, allow_patterns=hub.BASE_FILES)
     assert (base / "transformer" / "config.json").is_file()
 
 
@@ -147,8 +148,8 @@ def test_gated_repo_messages(monkeypatch, status, token, expect):
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     notes = []
     with pytest.raises(CheckpointError, match=expect):
-        ck.resolve(ck.DEFAULT_BASE, first_download_note=ck.FLUX_LICENCE_NOTE, notice=notes.append)
-    assert notes[0] == ck.FLUX_LICENCE_NOTE  # the licence note comes before the first download
+        hub.resolve(hub.DEFAULT_BASE, first_download_note=hub.FLUX_LICENCE_NOTE, notice=notes.append)
+    assert notes[0] == hub.FLUX_LICENCE_NOTE  # the licence note comes before the first download
 
 
 def test_missing_repo_message(monkeypatch):
@@ -160,7 +161,7 @@ def test_missing_repo_message(monkeypatch):
                         _raising(RepositoryNotFoundError("missing", response=response)))
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     with pytest.raises(CheckpointError, match="no such repository"):
-        ck.resolve("nobody/nothing")
+        hub.resolve("nobody/nothing")
 
 
 def test_save_checkpoint_refuses_to_overwrite(tiny_ckpt):

@@ -10,17 +10,12 @@ import pytest
 import torch
 
 from fluxsr_cli.errors import ConfigError, InputError
-from fluxsr_cli.train.loop import (
-    DistillConfig,
-    Student,
-    batch_indices,
-    distill,
-    export_checkpoint,
-    list_checkpoints,
-    load_distill_config,
-    one_step_errors,
-)
-from tests.distill_data import ensure_reader, make_pairs
+from fluxsr_cli.train.checkpoints import export_checkpoint, list_checkpoints
+from fluxsr_cli.train.config import DistillConfig, load_distill_config
+from fluxsr_cli.train.loop import distill
+from fluxsr_cli.train.step import Student, batch_indices
+from fluxsr_cli.train.validation import one_step_errors
+from tests.train.distill_data import ensure_reader, make_pairs
 
 ensure_reader()
 
@@ -77,7 +72,8 @@ def test_checkpoints_are_pruned_atomic_and_hold_only_the_lora(pairs, tiny_base, 
 
 def test_export_reproduces_the_in_training_one_step_output(pairs, tiny_base, tmp_path):
     from fluxsr_cli.train.dataset import PairDataset
-    from fluxsr_cli.upscale.restore import UpscaleOptions, load_upscaler
+    from fluxsr_cli.upscale.options import ModelOptions
+    from fluxsr_cli.upscale.restore import load_upscaler
 
     cfg = _config(pairs, tiny_base, tmp_path / "run", max_steps=3, lr=1e-2, export_on_finish=True,
                   validate_every=3, guidance=2.0, t_l=0.3)
@@ -88,14 +84,14 @@ def test_export_reproduces_the_in_training_one_step_output(pairs, tiny_base, tmp
     with torch.no_grad():
         v = result.student(z_l, torch.full((1,), 0.3))
     trained = z_l - 0.3 * v
-    upscaler = load_upscaler(UpscaleOptions(model=str(result.exported), device="cpu", dtype="fp32"))
+    upscaler = load_upscaler(ModelOptions(model=str(result.exported), device="cpu", dtype="fp32"))
     assert upscaler.t_l == 0.3 and upscaler.cond.guidance == 2.0
     exported = upscaler.restore_latent(z_l)
     assert torch.allclose(exported, trained, atol=1e-5)
     # the training moved the model: the base alone gives another output
     base = Student(upscaler.transformer, upscaler.cond.prompt_embeds, upscaler.cond.pooled_prompt_embeds, 2.0,
                    torch.float32)
-    from fluxsr_cli.model.checkpoint import load_transformer
+    from fluxsr_cli.model.loading import load_transformer
 
     base.transformer = load_transformer(tiny_base, torch.float32)
     with torch.no_grad():
@@ -132,12 +128,12 @@ def test_it_learns(tmp_path):
     photo crops, and the teacher's "samples" are latents of photo crops, z_0 = E(crop), with seeded
     noise eps; x_0 = D(z_0), x_L = x4 bicubic down (8-bit), z_L = E(bicubic_up(x_L)), written in the
     data set format of `fluxsr pairs` so `distill()` reads them as real data. (The pairs pipeline
-    with the real tiny FluxPipeline teacher is tested in tests/test_pairs.py.) The held-out pairs
+    with the real tiny FluxPipeline teacher is tested in tests/train/test_pairs.py.) The held-out pairs
     are crops of the right 30 % of the photos, which neither the VAE nor the student ever saw.
     """
-    from fluxsr_cli.model.checkpoint import load_transformer
+    from fluxsr_cli.model.loading import load_transformer
     from fluxsr_cli.train.dataset import PairDataset, load_embeddings
-    from tests.distill_data import make_photo_pairs, photo, photo_crops, save_photo_base
+    from tests.train.distill_data import make_photo_pairs, photo, photo_crops, save_photo_base
 
     start = time.perf_counter()
     photos = [photo(name) for name in LEARN_PHOTOS]

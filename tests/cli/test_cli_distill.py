@@ -8,7 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from fluxsr_cli.cli import app
-from tests.distill_data import ensure_reader, make_pairs
+from tests.train.distill_data import ensure_reader, make_pairs
 
 ensure_reader()
 runner = CliRunner()

@@ -2,28 +2,34 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 
-from fluxsr_cli.model import placement as memory
-from fluxsr_cli.upscale import restore
-from fluxsr_cli.model import vae as vae_lib
 from fluxsr_cli.errors import ConfigError, ResourceError
+from fluxsr_cli.model import placement
+from fluxsr_cli.model import vae as vae_lib
 from fluxsr_cli.model.latents import pad_to_multiple
-from fluxsr_cli.upscale.restore import (
-    BicubicSource,
-    UpscaleOptions,
-    apply_color_fix,
-    bicubic_crop,
-    bicubic_upsample,
-    load_upscaler,
-)
+from fluxsr_cli.upscale import bicubic, budget, restore, tiled_vae
+from fluxsr_cli.upscale.bicubic import BicubicSource, bicubic_crop, bicubic_upsample
+from fluxsr_cli.upscale.options import ModelOptions, UpscaleOptions
+from fluxsr_cli.upscale.restore import apply_color_fix, load_upscaler
 from fluxsr_cli.upscale.tiling import Box, tiled_apply
 
+MODEL_FIELDS = {f.name for f in dataclasses.fields(ModelOptions)}
 
-def _opts(model, **kw) -> UpscaleOptions:
-    return UpscaleOptions(**{"model": str(model), "device": "cpu", **kw})
+
+def _load(model, **kw) -> tuple[restore.Upscaler, UpscaleOptions]:
+    """The tiny model on the CPU and the per-image options: ``kw`` holds settings of either kind."""
+    loading = ModelOptions(model=str(model), device="cpu", **{k: v for k, v in kw.items() if k in MODEL_FIELDS})
+    return load_upscaler(loading), UpscaleOptions(**{k: v for k, v in kw.items() if k not in MODEL_FIELDS})
+
+
+def _run(model, lq: np.ndarray, **kw) -> np.ndarray:
+    up, options = _load(model, **kw)
+    return up.upscale_array(lq, options)
 
 
 @pytest.fixture(scope="module")
@@ -41,51 +47,51 @@ def test_bad_tiling_options(kw):
 
 
 def test_one_tile_gives_the_bytes_of_the_plain_restore(tiny_ckpt, small_photo):
-    up = load_upscaler(_opts(tiny_ckpt, tile="1024"))
+    up, run = _load(tiny_ckpt, tile="1024")
     lq = torch.from_numpy(small_photo).permute(2, 0, 1)[None]
     with torch.no_grad():
         ref = bicubic_upsample(lq, 4)
         x, (h, w) = pad_to_multiple(ref)
         plain = up.decode(up.restore_latent(up.encode(x)))[..., :h, :w]
         plain = apply_color_fix(plain, ref, "wavelet")
-    assert up.upscale_tensor(lq).numpy().tobytes() == plain.numpy().tobytes()
+    assert up.upscale_tensor(lq, run).numpy().tobytes() == plain.numpy().tobytes()
 
 
 @pytest.mark.parametrize("space", ["latent", "pixel"])
 def test_tiled_restore_runs_with_the_right_size(tiny_ckpt, lq, space):
-    whole = load_upscaler(_opts(tiny_ckpt)).upscale_array(lq)
-    tiled = load_upscaler(_opts(tiny_ckpt, tile="128", overlap=64, tile_space=space)).upscale_array(lq)
+    whole = _run(tiny_ckpt, lq)
+    tiled = _run(tiny_ckpt, lq, tile="128", overlap=64, tile_space=space)
     assert tiled.shape == whole.shape == (160, 208, 3) and tiled.dtype == np.float32
     assert 0.0 <= tiled.min() and tiled.max() <= 1.0
     assert np.abs(tiled - whole).mean() < 0.06  # the same picture (a random model, so not identical)
 
 
 def test_tile_batch_does_not_change_the_result(tiny_ckpt, lq):
-    one = load_upscaler(_opts(tiny_ckpt, tile="128", color_fix="none")).upscale_array(lq)
-    three = load_upscaler(_opts(tiny_ckpt, tile="128", tile_batch=3, color_fix="none")).upscale_array(lq)
+    one = _run(tiny_ckpt, lq, tile="128", color_fix="none")
+    three = _run(tiny_ckpt, lq, tile="128", tile_batch=3, color_fix="none")
     np.testing.assert_allclose(three, one, atol=1e-4)
 
 
 def test_tiled_vae_is_used_when_the_vae_does_not_fit(tiny_ckpt, lq, monkeypatch):
     calls = _record_tiled_vae(monkeypatch)
-    monkeypatch.setattr(memory, "CPU_VAE_BUDGET", 1)
-    out = load_upscaler(_opts(tiny_ckpt, tile="128")).upscale_array(lq)
+    monkeypatch.setattr(budget, "CPU_VAE_BUDGET", 1)
+    out = _run(tiny_ckpt, lq, tile="128")
     assert out.shape == (160, 208, 3) and calls == ["encode_tiled", "decode_tiled"]
 
 
 def _record_tiled_vae(monkeypatch) -> list[str]:
     calls: list[str] = []
     for name in ("encode_tiled", "decode_tiled"):
-        real = getattr(vae_lib, name)
-        monkeypatch.setattr(vae_lib, name, lambda *a, _real=real, _n=name, **k: calls.append(_n) or _real(*a, **k))
+        real = getattr(tiled_vae, name)
+        monkeypatch.setattr(tiled_vae, name, lambda *a, _real=real, _n=name, **k: calls.append(_n) or _real(*a, **k))
     return calls
 
 
 def test_vae_tile_tiles_the_vae_of_an_image_that_fits_one_transformer_tile(tiny_ckpt, lq, monkeypatch):
     calls = _record_tiled_vae(monkeypatch)
-    whole = load_upscaler(_opts(tiny_ckpt)).upscale_array(lq)
+    whole = _run(tiny_ckpt, lq)
     assert calls == []
-    tiled = load_upscaler(_opts(tiny_ckpt, vae_tile="128")).upscale_array(lq)  # 160x208 output > 128 px
+    tiled = _run(tiny_ckpt, lq, vae_tile="128")  # 160x208 output > 128 px
     assert calls == ["encode_tiled", "decode_tiled"]
     assert tiled.shape == whole.shape and np.isfinite(tiled).all()
     assert 0.0 < np.abs(tiled - whole).mean() < 0.1  # tiled differently, still the same picture
@@ -93,16 +99,16 @@ def test_vae_tile_tiles_the_vae_of_an_image_that_fits_one_transformer_tile(tiny_
 
 def test_vae_tile_is_not_used_with_pixel_tiles(tiny_ckpt, lq, monkeypatch):
     calls = _record_tiled_vae(monkeypatch)
-    plain = load_upscaler(_opts(tiny_ckpt)).upscale_array(lq)
-    pixel = load_upscaler(_opts(tiny_ckpt, tile_space="pixel", vae_tile="128")).upscale_array(lq)
+    plain = _run(tiny_ckpt, lq)
+    pixel = _run(tiny_ckpt, lq, tile_space="pixel", vae_tile="128")
     assert calls == [] and pixel.tobytes() == plain.tobytes()  # one transformer tile: the plain path
 
 
 def test_fixed_group_norm_under_autograd_builds_a_fresh_graph_each_call():
     gn = torch.nn.GroupNorm(2, 4)
     x = torch.randn(1, 4, 6, 6, generator=torch.Generator().manual_seed(2))
-    stats = vae_lib.record_group_norm(gn, lambda: gn(x))
-    with vae_lib.fixed_group_norm(gn, stats):
+    stats = tiled_vae.record_group_norm(gn, lambda: gn(x))
+    with tiled_vae.fixed_group_norm(gn, stats):
         grads = []
         for _ in range(2):  # a cached scale/shift would make the second backward fail
             gn.zero_grad()
@@ -118,8 +124,8 @@ def test_fixed_group_norm_under_autograd_builds_a_fresh_graph_each_call():
 
 def test_a_vae_tile_larger_than_the_image_keeps_the_bytes(tiny_ckpt, lq, monkeypatch):
     calls = _record_tiled_vae(monkeypatch)
-    whole = load_upscaler(_opts(tiny_ckpt)).upscale_array(lq)
-    same = load_upscaler(_opts(tiny_ckpt, vae_tile="256")).upscale_array(lq)
+    whole = _run(tiny_ckpt, lq)
+    same = _run(tiny_ckpt, lq, vae_tile="256")
     assert calls == [] and same.tobytes() == whole.tobytes()
 
 
@@ -144,9 +150,9 @@ def test_bicubic_source_serves_the_same_crops_as_bicubic_crop(max_band_bytes):
     boxes = [Box(top, left, 64, 64) for top in (0, 32, 64) for left in (0, 40, 80, 112)]
     boxes += [Box(70, 3, 20, 50), Box(0, 0, *size), Box(100, 150, 28, 26), Box(66, 0, 2, 176)]
     made = []
-    real = restore.bicubic_crop
+    real = bicubic.bicubic_crop
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(restore, "bicubic_crop", lambda *a: made.append(a[-1]) or real(*a))
+        mp.setattr(bicubic, "bicubic_crop", lambda *a: made.append(a[-1]) or real(*a))
         for box in boxes:
             torch.testing.assert_close(source(box), full[(..., *box.slices)], atol=1e-5, rtol=0)
             assert source(box).shape[-2:] == (box.height, box.width)
@@ -162,10 +168,10 @@ def test_a_kept_whole_upscale_is_filled_band_by_band(monkeypatch):
     lq = torch.rand(1, 3, 29, 41, generator=torch.Generator().manual_seed(4))
     full, _ = pad_to_multiple(bicubic_upsample(lq, 4))
     size = tuple(full.shape[-2:])  # 128 x 176, the last 12 rows and columns reflected
-    monkeypatch.setattr(restore, "FILL_BAND_BYTES", 176 * 3 * 4 * 40)  # 40 rows
+    monkeypatch.setattr(bicubic, "FILL_BAND_BYTES", 176 * 3 * 4 * 40)  # 40 rows
     made = []
-    real = restore.bicubic_crop
-    monkeypatch.setattr(restore, "bicubic_crop", lambda *a: made.append(a[-1]) or real(*a))
+    real = bicubic.bicubic_crop
+    monkeypatch.setattr(bicubic, "bicubic_crop", lambda *a: made.append(a[-1]) or real(*a))
     source = BicubicSource(lq, 4, size)
     assert source.whole_fits
     torch.testing.assert_close(source(Box(0, 0, *size)), full, atol=1e-5, rtol=0)
@@ -177,35 +183,35 @@ def test_group_norm_statistics_pooled_over_tiles_equal_the_whole_images():
     """Four non-overlapping tiles through a GroupNorm: pooled mean/var == those of the whole input."""
     gn = torch.nn.GroupNorm(4, 8)
     x = torch.randn(1, 8, 40, 60, generator=torch.Generator().manual_seed(5)) * 0.2 + 3.0  # mean >> std
-    whole = vae_lib.record_group_norm(gn, lambda: gn(x))
-    pooled = vae_lib.record_group_norm(gn, lambda: [gn(x[..., r:r + 20, c:c + 30]) for r in (0, 20) for c in (0, 30)])
+    whole = tiled_vae.record_group_norm(gn, lambda: gn(x))
+    pooled = tiled_vae.record_group_norm(gn, lambda: [gn(x[..., r:r + 20, c:c + 30]) for r in (0, 20) for c in (0, 30)])
     grouped = x.reshape(4, -1).double()
     for stats in (whole, pooled):
         torch.testing.assert_close(stats[""][0].double(), grouped.mean(1), atol=1e-6, rtol=0)
         torch.testing.assert_close(stats[""][1].double(), grouped.var(1, unbiased=False), atol=1e-6, rtol=1e-5)
-    with vae_lib.fixed_group_norm(gn, pooled):  # and the fixed forward is the plain one
+    with tiled_vae.fixed_group_norm(gn, pooled):  # and the fixed forward is the plain one
         torch.testing.assert_close(gn(x), torch.nn.functional.group_norm(x, 4, gn.weight, gn.bias, gn.eps),
                                    atol=1e-4, rtol=0)
 
 
 def test_fixed_group_norm_with_own_statistics_is_the_plain_forward(tiny_ckpt):
-    up = load_upscaler(_opts(tiny_ckpt))
+    up, run = _load(tiny_ckpt)
     z = torch.randn(1, 16, 12, 10, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         plain = vae_lib.decode(up.vae, z)
-        stats = vae_lib.record_group_norm(up.vae.decoder, lambda: vae_lib.decode(up.vae, z))
-        with vae_lib.fixed_group_norm(up.vae.decoder, stats):
+        stats = tiled_vae.record_group_norm(up.vae.decoder, lambda: vae_lib.decode(up.vae, z))
+        with tiled_vae.fixed_group_norm(up.vae.decoder, stats):
             fixed = vae_lib.decode(up.vae, z)
     torch.testing.assert_close(fixed, plain, atol=1e-5, rtol=0)
     assert "forward" not in up.vae.decoder.conv_norm_out.__dict__  # restored afterwards
 
 
 def test_global_group_norm_keeps_tiled_encode_closer_than_per_tile(tiny_ckpt, photo):
-    up = load_upscaler(_opts(tiny_ckpt))
+    up, run = _load(tiny_ckpt)
     x = torch.from_numpy(photo[:256, :256].astype(np.float32) / 255).permute(2, 0, 1)[None]
     with torch.no_grad():
         whole = vae_lib.encode(up.vae, x)
-        pooled = vae_lib.encode_tiled(up.vae, x, (256, 256), tile=128, overlap=64)
+        pooled = tiled_vae.encode_tiled(up.vae, x, (256, 256), tile=128, overlap=64)
         per_tile = tiled_apply(lambda t: vae_lib.encode(up.vae, t), x, (32, 32), tile=16, overlap=8, in_factor=8)
     assert (pooled - whole).abs().mean() < (per_tile - whole).abs().mean()
 
@@ -219,19 +225,19 @@ def test_oom_halves_the_tile_and_says_so():
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB")
         return "done"
 
-    assert memory.retry_on_oom(run, 1024, notices.append) == "done"
+    assert budget.retry_on_oom(run, 1024, notices.append) == "done"
     assert tiles == [(1024, 0), (512, 1), (256, 2)] and len(notices) == 2 and "--tile 512" in notices[0]
 
     def never(tile, attempt):
         raise torch.OutOfMemoryError("CUDA out of memory")
 
     with pytest.raises(ResourceError, match="--offload"):
-        memory.retry_on_oom(never, 512, notices.append)
+        budget.retry_on_oom(never, 512, notices.append)
 
 
 def test_auto_tile(tiny_ckpt, monkeypatch):
-    up = load_upscaler(_opts(tiny_ckpt, tile="auto"))
-    assert up.tile_pixels() == 1024  # CPU: the default
+    up, run = _load(tiny_ckpt, tile="auto")
+    assert up.tile_pixels(run) == 1024  # CPU: the default
     from fluxsr_cli.model.architectures import FLUX_DEV_TRANSFORMER, FLUX_VAE
 
     big_t = type("M", (), {"config": type("C", (), {"num_attention_heads": 24, "attention_head_dim": 128})})()
@@ -239,15 +245,15 @@ def test_auto_tile(tiny_ckpt, monkeypatch):
     assert FLUX_DEV_TRANSFORMER["num_attention_heads"] == 24
     picks = []
     for gib in (80, 20, 6, 1):
-        monkeypatch.setattr(memory, "free_bytes", lambda device, _g=gib: _g * 2**30)
-        picks.append(memory.auto_tile(big_t, big_v, torch.device("cuda"), 2))
+        monkeypatch.setattr(budget, "free_bytes", lambda device, _g=gib: _g * 2**30)
+        picks.append(budget.auto_tile(big_t, big_v, torch.device("cuda"), 2))
     assert picks == sorted(picks, reverse=True) and picks[0] == 2048 and picks[-1] < 1024
 
 
 @pytest.mark.parametrize("offload", ["model", "sequential"])
 def test_offload_gives_the_same_picture(tiny_ckpt, small_photo, offload):
-    plain = load_upscaler(_opts(tiny_ckpt, color_fix="none")).upscale_array(small_photo)
-    hooked = load_upscaler(_opts(tiny_ckpt, color_fix="none", offload=offload)).upscale_array(small_photo)
+    plain = _run(tiny_ckpt, small_photo, color_fix="none")
+    hooked = _run(tiny_ckpt, small_photo, color_fix="none", offload=offload)
     np.testing.assert_allclose(hooked, plain, atol=1e-5)
 
 
@@ -258,7 +264,7 @@ def test_compile_wraps_the_transformer(tiny_ckpt, monkeypatch):
     asked = []
     real = torch.nn.Module.compile
     monkeypatch.setattr(torch.nn.Module, "compile", lambda self, **kw: asked.append(kw) or real(self, **kw))
-    memory.place_models(t, v, torch.device("cpu"), UpscaleOptions(compile=True))
+    placement.place_models(t, v, torch.device("cpu"), compile=True)
     assert t._compiled_call_impl is not None and v._compiled_call_impl is None
     assert v.encoder._compiled_call_impl is not None and v.decoder._compiled_call_impl is not None
     # automatic dynamic shapes: not one compilation per image size (dynamic=False did that)
@@ -278,10 +284,10 @@ def test_tiled_vae_runs_a_compiled_vae_eagerly_with_the_same_result():
 
     vae = build_vae(TINY_VAE, seed=3)
     x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
-    reference = vae_lib.encode_tiled(vae, x, (64, 64), tile=32, overlap=16)
+    reference = tiled_vae.encode_tiled(vae, x, (64, 64), tile=32, overlap=16)
     graphs = _Graphs()
     vae.encoder.compile(backend=graphs, dynamic=None)
-    tiled = vae_lib.encode_tiled(vae, x, (64, 64), tile=32, overlap=16)
+    tiled = tiled_vae.encode_tiled(vae, x, (64, 64), tile=32, overlap=16)
     assert graphs == []  # hooks and patched GroupNorms ran as Python, nothing was traced
     assert torch.equal(tiled, reference)
     vae_lib.encode(vae, x)
@@ -289,31 +295,31 @@ def test_tiled_vae_runs_a_compiled_vae_eagerly_with_the_same_result():
 
 
 def test_pixel_tiles_keep_the_compiled_transformer(tiny_ckpt, lq):
-    up = load_upscaler(_opts(tiny_ckpt, tile="128", tile_space="pixel"))
+    up, run = _load(tiny_ckpt, tile="128", tile_space="pixel")
     graphs = _Graphs()
     up.transformer.compile(backend=graphs, dynamic=None)
-    up.upscale_array(lq)
+    up.upscale_array(lq, run)
     assert len(graphs) >= 1  # the transformer ran outside the VAE's eager blocks
 
 
 def test_kept_whole_upscale_gives_the_result_of_the_banded_one(tiny_ckpt, lq, monkeypatch):
     """Encoder passes and colour fix slicing one kept upscale == bands and strips made on their own."""
-    up = load_upscaler(_opts(tiny_ckpt, tile="128", vae_tile="128"))
-    kept = up.upscale_array(lq)
+    up, run = _load(tiny_ckpt, tile="128", vae_tile="128")
+    kept = up.upscale_array(lq, run)
     monkeypatch.setattr(BicubicSource, "whole_fits", property(lambda self: False))
-    banded = up.upscale_array(lq)
+    banded = up.upscale_array(lq, run)
     np.testing.assert_allclose(kept, banded, atol=1e-6)
 
 
 def test_upscale_too_large_to_keep_is_made_once_for_the_encoder_then_in_strips(tiny_ckpt, lq, monkeypatch):
     """CPU, tiled VAE: both encoder passes slice one whole upscale (not overlapping bands, made 2-3
     times over); it is dropped before the decode and the colour fix makes its strips; same result."""
-    up = load_upscaler(_opts(tiny_ckpt, tile="128", vae_tile="128"))
-    kept = up.upscale_array(lq)
+    up, run = _load(tiny_ckpt, tile="128", vae_tile="128")
+    kept = up.upscale_array(lq, run)
     made: list[tuple] = []
-    real = restore.bicubic_crop
-    monkeypatch.setattr(restore, "bicubic_crop", lambda *a: made.append(a[2:]) or real(*a))
-    monkeypatch.setitem(restore.KEEP_BICUBIC_BYTES, "cpu", 1000)  # nothing is kept to the colour fix
+    real = bicubic.bicubic_crop
+    monkeypatch.setattr(bicubic, "bicubic_crop", lambda *a: made.append(a[2:]) or real(*a))
+    monkeypatch.setitem(budget.KEEP_BICUBIC_BYTES, "cpu", 1000)  # nothing is kept to the colour fix
     sources, held_at_decode = [], []
 
     class Recorded(BicubicSource):
@@ -321,16 +327,16 @@ def test_upscale_too_large_to_keep_is_made_once_for_the_encoder_then_in_strips(t
             super().__init__(*args, **kwargs)
             sources.append(self)
 
-    real_decode = vae_lib.decode_tiled
+    real_decode = tiled_vae.decode_tiled
 
     def decode_tiled(*args, **kwargs):
         held_at_decode.extend(s.band is not None for s in sources)
         return real_decode(*args, **kwargs)
 
-    monkeypatch.setattr(restore, "BicubicSource", Recorded)
-    monkeypatch.setattr(vae_lib, "decode_tiled", decode_tiled)
-    monkeypatch.setattr(restore, "COLOR_STRIP_BYTES", 1000)  # strips of 128 rows: two
-    dropped = up.upscale_array(lq)
+    monkeypatch.setattr(bicubic, "BicubicSource", Recorded)
+    monkeypatch.setattr(tiled_vae, "decode_tiled", decode_tiled)
+    monkeypatch.setattr(budget, "COLOR_STRIP_BYTES", 1000)  # strips of 128 rows: two
+    dropped = up.upscale_array(lq, run)
     h, w = lq.shape[0] * 4, lq.shape[1] * 4
     size = (restore.padded_size(h), restore.padded_size(w))
     assert made[0] == (size, Box(0, 0, *size))  # the encoder's: once, whole
@@ -343,10 +349,10 @@ def test_upscale_too_large_to_keep_is_made_once_for_the_encoder_then_in_strips(t
 def test_an_hwc_array_is_upsampled_as_nchw(tiny_ckpt, lq, kw, monkeypatch):
     """upscale_array's input is an HWC array permuted to NCHW, a channels-last view; PyTorch's CPU
     bicubic kernel is 1.5-2x slower on such a view, so the input is made NCHW-contiguous first."""
-    up = load_upscaler(_opts(tiny_ckpt, **kw))
+    up, run = _load(tiny_ckpt, **kw)
     seen = []
-    real = restore.bicubic_upsample
-    monkeypatch.setattr(restore, "bicubic_upsample",
+    real = bicubic.bicubic_upsample
+    monkeypatch.setattr(bicubic, "bicubic_upsample",
                         lambda x, s: seen.append(x.is_contiguous(memory_format=torch.channels_last)) or real(x, s))
-    up.upscale_array(lq)
+    up.upscale_array(lq, run)
     assert seen and not any(seen)

@@ -18,7 +18,7 @@ from fluxsr_cli.degrade.kernels import gaussian_kernel, pulse_kernel, sinc_kerne
 from fluxsr_cli.degrade.pipeline import StageDraw, apply_stage, degrade, draw_degradation
 from fluxsr_cli.errors import ConfigError, InputError
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _photo(name: str = "astronaut", size: int = 128) -> torch.Tensor:

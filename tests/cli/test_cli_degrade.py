@@ -91,7 +91,7 @@ def test_recursive_same_seed_same_bytes_and_config_guard(hq: Path, tmp_path: Pat
 
 
 def test_config_file_and_errors(hq: Path, tmp_path: Path) -> None:
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     ok = runner.invoke(app, ["degrade", str(hq / "nested"), "-o", str(tmp_path / "c"),
                              "--config", str(root / "configs" / "degrade_realesrgan.toml")])
     assert ok.exit_code == 0, ok.output

@@ -17,15 +17,9 @@ from PIL import Image, ImageCms, ImageOps
 from skimage import data
 
 from fluxsr_cli.errors import InputError
-from fluxsr_cli.images.reading import (
-    apply_orientation,
-    image_size,
-    png_with_chunks,
-    read_image,
-    reset_orientation,
-    tiff_with_metadata,
-    write_image,
-)
+from fluxsr_cli.images.metadata import png_with_chunks, reset_orientation, tiff_with_metadata
+from fluxsr_cli.images.reading import apply_orientation, image_size, read_image
+from fluxsr_cli.images.writing import write_image
 
 # --------------------------------------------------------------------------- file makers
 

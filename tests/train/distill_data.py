@@ -35,13 +35,13 @@ def make_pairs(root: Path, base: Path, n: int, size: int = 64, seed: int = 0, st
     ``degradation``: "realesrgan" (the full second-order pipeline) or "bicubic" (plain x4 bicubic
     downscaling, quantised to 8 bits: LR images that still carry what the HR latent holds).
     """
-    from fluxsr_cli.model import vae as vae_lib
-    from fluxsr_cli.model.architectures import TINY_TEXT_LENGTH, TINY_TRANSFORMER, random_embeddings
-    from fluxsr_cli.model.checkpoint import load_transformer, load_vae
     from fluxsr_cli.degrade.config import DegradeConfig
     from fluxsr_cli.degrade.pipeline import degrade
-    from fluxsr_cli.upscale.restore import bicubic_upsample
+    from fluxsr_cli.model import vae as vae_lib
+    from fluxsr_cli.model.architectures import TINY_TEXT_LENGTH, TINY_TRANSFORMER, random_embeddings
+    from fluxsr_cli.model.loading import load_transformer, load_vae
     from fluxsr_cli.model.student import Conditioning, velocity
+    from fluxsr_cli.upscale.bicubic import bicubic_upsample
 
     teacher, vae = load_transformer(base, torch.float32), load_vae(base, torch.float32)
     emb = random_embeddings(TINY_TRANSFORMER, TINY_TEXT_LENGTH, seed=seed + 99)
@@ -214,11 +214,11 @@ def make_photo_pairs(root: Path, base: Path, crops: torch.Tensor, seed: int = 0,
     x_L = degrade(x_0) (``degradation``: a DegradeConfig for the project's pipeline, or None for x4
     bicubic down, 8-bit), z_L = E(bicubic_up(x_L)).
     """
+    from fluxsr_cli.degrade.pipeline import degrade
     from fluxsr_cli.model import vae as vae_lib
     from fluxsr_cli.model.architectures import random_embeddings
-    from fluxsr_cli.model.checkpoint import load_transformer, load_vae
-    from fluxsr_cli.degrade.pipeline import degrade
-    from fluxsr_cli.upscale.restore import bicubic_upsample
+    from fluxsr_cli.model.loading import load_transformer, load_vae
+    from fluxsr_cli.upscale.bicubic import bicubic_upsample
 
     vae, config = load_vae(base, torch.float32), load_transformer(base, torch.float32).config
     with torch.no_grad():

@@ -6,15 +6,19 @@ import numpy as np
 import pytest
 import torch
 
-from fluxsr_cli.model.architectures import FLUX_DEV_TRANSFORMER, TINY_TRANSFORMER
 from fluxsr_cli.errors import ConfigError, ResourceError
-from fluxsr_cli.upscale.restore import UpscaleOptions, load_upscaler, pick_device
+from fluxsr_cli.model.architectures import FLUX_DEV_TRANSFORMER, TINY_TRANSFORMER
+from fluxsr_cli.model.loading import pick_device
 from fluxsr_cli.model.student import velocity
+from fluxsr_cli.upscale.options import ModelOptions, UpscaleOptions
+from fluxsr_cli.upscale.restore import load_upscaler
 from tests.conftest import HUB_BASE, HUB_COMMUNITY, HUB_MODEL
 
+NO_FIX = UpscaleOptions(color_fix="none")
 
-def _opts(model, **kw) -> UpscaleOptions:
-    return UpscaleOptions(model=str(model), device="cpu", color_fix="none", **kw)
+
+def _opts(model, **kw) -> ModelOptions:
+    return ModelOptions(model=str(model), device="cpu", **kw)
 
 
 @pytest.fixture(scope="module")
@@ -24,14 +28,14 @@ def upscaler(tiny_ckpt):
 
 def test_odd_size_gives_exact_output_size(upscaler):
     lq = np.random.default_rng(0).random((37, 53, 3), dtype=np.float32)
-    out = upscaler.upscale_array(lq)
+    out = upscaler.upscale_array(lq, NO_FIX)
     assert out.shape == (148, 212, 3) and out.dtype == np.float32
     assert 0.0 <= out.min() and out.max() <= 1.0
 
 
 def test_same_input_same_bytes(upscaler, small_photo):
-    a = upscaler.upscale_array(small_photo)
-    b = upscaler.upscale_array(small_photo)
+    a = upscaler.upscale_array(small_photo, NO_FIX)
+    b = upscaler.upscale_array(small_photo, NO_FIX)
     assert a.tobytes() == b.tobytes()
 
 
@@ -48,24 +52,24 @@ def test_settings_come_from_checkpoint_and_can_be_overridden(tiny_ckpt, tiny_com
     default = load_upscaler(_opts(tiny_ckpt))
     other = load_upscaler(_opts(tiny_ckpt, t_l=0.5, guidance=3.0))
     assert default.t_l == 0.25 and other.t_l == 0.5 and other.cond.guidance == 3.0
-    assert not np.array_equal(default.upscale_array(small_photo), other.upscale_array(small_photo))
+    assert not np.array_equal(default.upscale_array(small_photo, NO_FIX), other.upscale_array(small_photo, NO_FIX))
 
 
 def test_community_format_end_to_end(tiny_community, tiny_base, small_photo):
     up = load_upscaler(_opts(tiny_community, base=str(tiny_base)))
-    assert up.upscale_array(small_photo).shape == (192, 160, 3)
+    assert up.upscale_array(small_photo, NO_FIX).shape == (192, 160, 3)
 
 
 @pytest.mark.parametrize("model,base", [(HUB_MODEL, None), (HUB_COMMUNITY, HUB_BASE)])
 def test_from_offline_hub_cache(offline_hub, small_photo, model, base):
-    up = load_upscaler(UpscaleOptions(model=model, base=base, offline=True, device="cpu", color_fix="none"))
+    up = load_upscaler(ModelOptions(model=model, base=base, offline=True, device="cpu"))
     assert up.info.source == ("community" if base else "fluxsr")
-    assert up.upscale_array(small_photo).shape == (192, 160, 3)
+    assert up.upscale_array(small_photo, NO_FIX).shape == (192, 160, 3)
 
 
 def test_scale_option(tiny_ckpt, small_photo):
-    up = load_upscaler(_opts(tiny_ckpt, scale=2))
-    assert up.upscale_array(small_photo).shape == (96, 80, 3)
+    up = load_upscaler(_opts(tiny_ckpt))
+    assert up.upscale_array(small_photo, UpscaleOptions(scale=2, color_fix="none")).shape == (96, 80, 3)
 
 
 def test_full_model_refused_on_cpu_unless_asked(monkeypatch):
@@ -76,10 +80,16 @@ def test_full_model_refused_on_cpu_unless_asked(monkeypatch):
     assert pick_device(None, TINY_TRANSFORMER, "x").type == "cpu"
 
 
-@pytest.mark.parametrize("kw", [{"scale": 0}, {"scale": 9}, {"dtype": "fp8"}, {"t_l": 1.0}, {"color_fix": "x"}])
+@pytest.mark.parametrize("kw", [{"scale": 0}, {"scale": 9}, {"color_fix": "x"}])
 def test_bad_options(kw):
     with pytest.raises(ConfigError):
         UpscaleOptions(**kw)
+
+
+@pytest.mark.parametrize("kw", [{"dtype": "fp8"}, {"t_l": 1.0}, {"offload": "disk"}])
+def test_bad_model_options(kw):
+    with pytest.raises(ConfigError):
+        ModelOptions(**kw)
 
 
 def test_embeddings_for_another_base_are_refused(tiny_ckpt, tmp_path):
@@ -102,11 +112,11 @@ def test_embeddings_for_another_base_are_refused(tiny_ckpt, tmp_path):
 ])
 def test_cpu_bicubic_is_pytorchs_bicubic(shape, scale, atol, monkeypatch):
     """On the CPU the bicubic runs through OpenCV: the same function as PyTorch's, clamped to [0, 1]."""
-    from fluxsr_cli.upscale import restore
-    from fluxsr_cli.upscale.restore import bicubic_upsample
+    from fluxsr_cli.upscale import bicubic
+    from fluxsr_cli.upscale.bicubic import bicubic_upsample
 
-    real, calls = restore._bicubic_opencv, []
-    monkeypatch.setattr(restore, "_bicubic_opencv", lambda x, s: calls.append(s) or real(x, s))
+    real, calls = bicubic._bicubic_opencv, []
+    monkeypatch.setattr(bicubic, "_bicubic_opencv", lambda x, s: calls.append(s) or real(x, s))
     g = torch.Generator().manual_seed(0)
     lq = torch.rand(*shape, generator=g) * 1.4 - 0.2  # overshoots both ends: the clamp matters
     ref = torch.nn.functional.interpolate(lq, scale_factor=scale, mode="bicubic", align_corners=False).clamp(0, 1)
@@ -119,7 +129,7 @@ def test_cpu_bicubic_is_pytorchs_bicubic(shape, scale, atol, monkeypatch):
 
 def test_cpu_bicubic_ignores_the_default_dtype():
     """The result is float32 whatever ``torch.set_default_dtype`` says (OpenCV cannot fill float64)."""
-    from fluxsr_cli.upscale.restore import bicubic_upsample
+    from fluxsr_cli.upscale.bicubic import bicubic_upsample
 
     x = torch.full((1, 3, 4, 4), 0.5)
     previous = torch.get_default_dtype()
@@ -132,7 +142,7 @@ def test_cpu_bicubic_ignores_the_default_dtype():
 
 
 def test_bicubic_keeps_autograd_and_other_dtypes_on_pytorch():
-    from fluxsr_cli.upscale.restore import bicubic_upsample
+    from fluxsr_cli.upscale.bicubic import bicubic_upsample
 
     lq = torch.rand(1, 3, 8, 8, requires_grad=True)
     bicubic_upsample(lq, 4).sum().backward()  # OpenCV would cut the graph

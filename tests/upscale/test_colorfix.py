@@ -7,7 +7,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fluxsr_cli.upscale.colorfix import Scratch, _blur, channel_stats, color_fix, color_fix_strips, wavelet_split
+from fluxsr_cli.upscale.colorfix import (
+    Scratch,
+    _blur,
+    channel_stats,
+    color_fix,
+    color_fix_strips,
+    wavelet_split,
+)
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 import fluxsr_cli.upscale.restore
 from fluxsr_cli.cli import app
 from fluxsr_cli.progress import no_progress
-from tests.test_imageio import (
+from tests.images.test_imageio import (
     make_16bit_grey,
     make_16bit_rgb,
     make_cmyk_jpeg,
@@ -37,18 +37,19 @@ runner = CliRunner()
 
 
 class FakeUpscaler:
-    """Bicubic at ``options.scale``, shaped like ``fluxsr_cli.upscale.restore.Upscaler``."""
+    """Bicubic at the requested scale, shaped like ``fluxsr_cli.upscale.restore.Upscaler``."""
 
     def __init__(self, options):
-        self.options = options
-        self.progress = no_progress
+        self.options = options  # the ModelOptions it was loaded with
         self.calls = 0
+        self.requests = []  # the UpscaleOptions of each image
 
-    def upscale_array(self, rgb: np.ndarray) -> np.ndarray:
+    def upscale_array(self, rgb: np.ndarray, options, progress=no_progress, notice=None) -> np.ndarray:
         assert rgb.dtype == np.float32 and rgb.shape[2] == 3
         self.calls += 1
-        self.progress("tiles", 1, 1)
-        s = self.options.scale
+        self.requests.append(options)
+        progress("tiles", 1, 1)
+        s = options.scale
         return np.clip(cv2.resize(rgb, (rgb.shape[1] * s, rgb.shape[0] * s), interpolation=cv2.INTER_CUBIC), 0, 1)
 
 
@@ -165,8 +166,8 @@ def test_model_options_reach_the_upscaler(tmp_path, loads):
     result = runner.invoke(app, ["batch", str(src), "-o", str(tmp_path / "out"), "--scale", "2", "--seed", "7",
                                  "--color-fix", "none", "--tile", "512", "--model", "./ckpt", "--offline"])
     assert result.exit_code == 0, result.output
-    o = loads[0].options
-    assert (o.scale, o.seed, o.color_fix, o.tile, o.model, o.offline) == (2, 7, "none", "512", "./ckpt", True)
+    m, o = loads[0].options, loads[0].requests[0]
+    assert (o.scale, o.seed, o.color_fix, o.tile, m.model, m.offline) == (2, 7, "none", "512", "./ckpt", True)
     assert Image.open(tmp_path / "out" / "a.png").size == (96, 64)
 
 

@@ -6,11 +6,11 @@ import pytest
 import torch
 
 from fluxsr_cli.model import attention as attention_lib
-from fluxsr_cli.model import placement as memory
+from fluxsr_cli.model import placement
 from fluxsr_cli.model import vae as vae_lib
 from fluxsr_cli.model.architectures import TINY_TRANSFORMER, TINY_VAE, build_transformer, build_vae
 from fluxsr_cli.model.attention import BlockwiseAttnProcessor, blockwise_attention, use_blockwise_attention
-from fluxsr_cli.upscale.restore import UpscaleOptions
+from fluxsr_cli.upscale import tiled_vae
 
 
 @pytest.mark.parametrize("budget", [1, 7 * 37 * 4 * 2 * 3, 10**9])  # one row per block, 7 rows (uneven), all
@@ -50,11 +50,11 @@ def test_processor_keeps_global_group_norm_statistics_of_tiled_vae():
     """The tiled VAE fixes every GroupNorm, the attention's own included: still the same numbers."""
     vae = build_vae(TINY_VAE, seed=3)
     x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(2))
-    stats = vae_lib.record_group_norm(vae.encoder, lambda: vae_lib.encode(vae, x[..., :32, :]))
-    with vae_lib.fixed_group_norm(vae.encoder, stats):
+    stats = tiled_vae.record_group_norm(vae.encoder, lambda: vae_lib.encode(vae, x[..., :32, :]))
+    with tiled_vae.fixed_group_norm(vae.encoder, stats):
         ref = vae_lib.encode(vae, x)
     use_blockwise_attention(vae, min_head_dim=1, devices=("cpu",), max_score_bytes=256)
-    with vae_lib.fixed_group_norm(vae.encoder, stats):
+    with tiled_vae.fixed_group_norm(vae.encoder, stats):
         out = vae_lib.encode(vae, x)
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
 
@@ -78,7 +78,7 @@ def test_default_processor_leaves_narrow_heads_and_the_cpu_to_diffusers():
 
 def test_place_models_gives_the_vae_the_blockwise_processor():
     t, v = build_transformer(TINY_TRANSFORMER), build_vae(TINY_VAE)
-    memory.place_models(t, v, torch.device("cpu"), UpscaleOptions())
+    placement.place_models(t, v, torch.device("cpu"))
     kinds = {type(p).__name__ for p in v.attn_processors.values()}
     assert kinds == {"BlockwiseAttnProcessor"}
     assert all(type(p).__name__ != "BlockwiseAttnProcessor" for p in t.attn_processors.values())
@@ -88,7 +88,7 @@ def test_place_models_gives_the_vae_the_blockwise_processor():
 def test_place_models_with_compile_compiles_the_vae_softmax(monkeypatch):
     calls = _spy_on_compile(monkeypatch)
     t, v = build_transformer(TINY_TRANSFORMER), build_vae(TINY_VAE)
-    memory.place_models(t, v, torch.device("cpu"), UpscaleOptions(compile=True))
+    placement.place_models(t, v, torch.device("cpu"), compile=True)
     assert (attention_lib.softmax_probabilities, {"dynamic": True}) in calls
     assert all(p.probabilities is not attention_lib.softmax_probabilities for p in v.attn_processors.values())
 

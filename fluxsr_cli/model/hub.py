@@ -1,0 +1,103 @@
+"""Where models come from: a local folder, or a Hugging Face Hub repo resolved through the local cache.
+
+:func:`resolve` turns a reference (a folder, or a repo id with a revision) into a local folder,
+downloading only the files a command needs (``allow_patterns``), and turns every Hub failure
+(offline, gated, missing repo or revision) into one :class:`CheckpointError` line that says what to do.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from fluxsr_cli.errors import CheckpointError
+from fluxsr_cli.progress import Notice, no_notice
+
+DEFAULT_BASE = "black-forest-labs/FLUX.1-dev"
+FLUX_LICENCE_NOTE = (
+    "FLUX.1-dev is a gated model under the FLUX.1 [dev] Non-Commercial License: you must accept it at "
+    "https://huggingface.co/black-forest-labs/FLUX.1-dev, use is non-commercial, and the licence also "
+    "restricts training other models on its outputs."
+)
+# what upscaling and training read of a FLUX base: never the text encoders, never the single-file duplicate
+BASE_FILES = ["model_index.json", "transformer/*", "vae/*"]
+
+
+def is_local_ref(ref: str | Path) -> bool:
+    """A path that exists, or that is clearly meant as one (starts with / . ~ or holds a backslash)."""
+    text = str(ref)
+    return Path(text).expanduser().exists() or text.startswith(("/", ".", "~")) or "\\" in text or text.count("/") > 1
+
+
+def _offline_env() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def resolve(ref: str | Path, revision: str | None = None, offline: bool = False,
+            allow_patterns: list[str] | None = None, notice: Notice = no_notice,
+            first_download_note: str | None = None) -> Path:
+    """Return a local folder for ``ref`` (a folder, or a Hub repo downloaded to the HF cache).
+
+    ``first_download_note`` is passed to ``notice`` when the repo is not in the cache yet (the
+    FLUX.1-dev licence note). All Hub failures become one-line :class:`CheckpointError` messages.
+    """
+    if is_local_ref(ref):
+        path = Path(ref).expanduser()
+        if not path.is_dir():
+            raise CheckpointError(f"{path}: no such folder; give a local checkpoint folder or a Hub repo id")
+        return path
+
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    repo = str(ref)
+    offline = offline or _offline_env()
+    try:
+        return Path(snapshot_download(repo, revision=revision, allow_patterns=allow_patterns, local_files_only=True))
+    except (LocalEntryNotFoundError, FileNotFoundError, OSError):
+        if offline:
+            raise CheckpointError(
+                f"{repo}: not in the local Hugging Face cache and offline mode is on; "
+                "run once online to download it, or pass a local folder"
+            ) from None
+    if first_download_note:
+        notice(first_download_note)
+    notice(f"downloading {repo}" + (f"@{revision}" if revision else "") + " from the Hugging Face Hub")
+    try:
+        return Path(snapshot_download(repo, revision=revision, allow_patterns=allow_patterns))
+    except GatedRepoError as e:
+        raise CheckpointError(_gated_message(repo, e)) from None
+    except RevisionNotFoundError:
+        raise CheckpointError(f"{repo}: revision {revision!r} does not exist; check --revision") from None
+    except RepositoryNotFoundError:
+        raise CheckpointError(
+            f"{repo}: no such repository on the Hugging Face Hub (or it is private); check the name, "
+            "or log in with `hf auth login` if it is private"
+        ) from None
+    except LocalEntryNotFoundError:
+        raise CheckpointError(
+            f"{repo}: cannot reach the Hugging Face Hub and nothing is cached; check the network, "
+            "or pass a local folder"
+        ) from None
+    except HfHubHTTPError as e:
+        status = getattr(getattr(e, "response", None), "status_code", None)
+        if status in (401, 403):
+            raise CheckpointError(_gated_message(repo, e)) from None
+        raise CheckpointError(f"{repo}: download failed ({str(e).splitlines()[0]}); retry later") from None
+
+
+def _gated_message(repo: str, error: Exception) -> str:
+    from huggingface_hub import get_token
+
+    status = getattr(getattr(error, "response", None), "status_code", None)
+    if get_token() is None or status == 401:
+        return (f"{repo}: gated model and you are not logged in; accept its licence at "
+                f"https://huggingface.co/{repo}, then run `hf auth login` or set HF_TOKEN")
+    return (f"{repo}: your Hugging Face account has no access yet; accept the licence at "
+            f"https://huggingface.co/{repo} and retry")

@@ -1,0 +1,119 @@
+"""Training checkpoints (atomic, the last K kept, resumable) and their export as a fluxsr checkpoint.
+
+A run folder holds ``distill.toml``, ``embeddings.safetensors``, ``checkpoints/step-NNNNNNN/`` (the
+accelerate state: with LoRA training only the LoRA, ``lora.safetensors``, never the frozen base),
+``logs/``, ``validation/step-NNNNNNN.png`` and ``final/`` (the exported checkpoint).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fluxsr_cli.errors import CheckpointError, InputError
+from fluxsr_cli.progress import Notice
+from fluxsr_cli.train.config import DistillConfig, load_distill_config, lora_config
+
+LORA_FILE = "lora.safetensors"
+STATE_FILE = "trainer_state.json"
+
+
+def list_checkpoints(run_dir: Path) -> list[Path]:
+    """Finished checkpoints ``step-NNNNNNN`` of a run, oldest first."""
+    folder = Path(run_dir) / "checkpoints"
+    if not folder.is_dir():
+        return []
+    found = [p for p in folder.glob("step-*") if p.is_dir() and (p / STATE_FILE).is_file()]
+    return sorted(found, key=lambda p: int(p.name.removeprefix("step-")))
+
+
+def resume_point(run_dir: Path, resume: str | None, notice: Notice) -> Path | None:
+    if resume is None:
+        return None
+    if resume == "latest":
+        found = list_checkpoints(run_dir)
+        if not found:
+            notice(f"{run_dir}: no checkpoint yet; starting from step 0")
+            return None
+        return found[-1]
+    path = Path(resume)
+    if not (path / STATE_FILE).is_file():
+        raise InputError(f"{path}: not a training checkpoint (no {STATE_FILE}); give 'latest' or a step-* folder")
+    return path
+
+
+def save_training_state(accelerator: Any, run_dir: Path, step: int, keep_last: int) -> Path:
+    """accelerate state of ``step`` written to a temporary folder and renamed into place; old ones pruned."""
+    folder = Path(run_dir) / "checkpoints"
+    final = folder / f"step-{step:07d}"
+    tmp = folder / f".tmp-step-{step:07d}"
+    if accelerator.is_main_process:
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        (tmp / STATE_FILE).write_text(json.dumps({"step": step}) + "\n")
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        for old in list_checkpoints(run_dir)[:-keep_last]:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def export_checkpoint(run_dir: Path, out: Path, checkpoint: Path | None = None, overwrite: bool = False) -> Path:
+    """Write the fluxsr checkpoint format (``fluxsr upscale --model OUT``) from a run's latest (or given) state."""
+    from peft import get_peft_model_state_dict  # noqa: F401  (peft must be importable to load it back)
+
+    from fluxsr_cli.model.checkpoint import CheckpointInfo, load_safetensors, save_checkpoint
+
+    run_dir = Path(run_dir)
+    if not (run_dir / "distill.toml").is_file():
+        raise InputError(f"{run_dir}: not a distill run folder (no distill.toml)")
+    config = load_distill_config(run_dir / "distill.toml")
+    found = list_checkpoints(run_dir)
+    state = Path(checkpoint) if checkpoint else (found[-1] if found else None)
+    if state is None:
+        raise InputError(f"{run_dir}: holds no finished checkpoint yet; train at least checkpoint_every steps")
+    step = json.loads((state / STATE_FILE).read_text())["step"]
+    embeddings = load_safetensors(run_dir / "embeddings.safetensors")
+    info = CheckpointInfo(base_model=str(config.base_model), base_revision=config.base_revision, t_l=config.t_l,
+                          guidance=config.guidance,
+                          lora_rank=config.lora_rank if config.finetune == "lora" else None,
+                          lora_alpha=config.lora_alpha if config.finetune == "lora" else None,
+                          extra={"trained_steps": step, "data": str(config.data), "finetune": config.finetune})
+    if config.finetune == "lora":
+        lora = load_safetensors(state / LORA_FILE)
+        meta = lora_config(config).to_dict()
+        meta = {k: (sorted(v) if isinstance(v, set) else v) for k, v in meta.items()}
+        return save_checkpoint(Path(out), info, embeddings, lora_state_dict=lora, lora_config=meta,
+                               overwrite=overwrite)
+    transformer = _full_transformer(config, state)
+    return save_checkpoint(Path(out), info, embeddings, transformer=transformer, overwrite=overwrite)
+
+
+def _full_transformer(config: DistillConfig, state: Path):
+    """The fully fine-tuned transformer from an accelerate state (unsharded model weights)."""
+    from fluxsr_cli.model.checkpoint import load_safetensors
+    from fluxsr_cli.model.hub import BASE_FILES, resolve
+    from fluxsr_cli.model.loading import load_transformer
+
+    base = resolve(config.base_model, revision=config.base_revision, offline=config.offline, allow_patterns=BASE_FILES)
+    transformer = load_transformer(base, torch.float32)
+    files = sorted(state.glob("model*.safetensors")) or sorted(state.glob("pytorch_model*.bin"))
+    if not files:
+        raise CheckpointError(f"{state}: no unsharded model weights; with FSDP set "
+                              "fsdp_state_dict_type: FULL_STATE_DICT in the accelerate config")
+    weights = load_safetensors(files[0]) if files[0].suffix == ".safetensors" else torch.load(
+        files[0], map_location="cpu", weights_only=True)
+    weights = {k.removeprefix("transformer."): v for k, v in weights.items()}
+    transformer.load_state_dict(weights, strict=True)
+    return transformer
