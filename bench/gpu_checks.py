@@ -2,10 +2,13 @@
 
 The tiny random FLUX stack, saved in the real formats and loaded through ``load_upscaler``, upscales
 the same photo crop on CUDA and on the CPU in float32 (TF32 off); every upscale path must agree:
-whole image, latent tiles, tiled VAE, pixel tiles, AdaIN, batched tiles, both offload modes, the
-blockwise VAE attention forced on; the blockwise attention's bf16 precision against float64. Then: bf16 on CUDA against float32 on the CPU (reported only); a
-real CUDA out-of-memory (a per-process memory cap) must halve the tile, say so and still finish; and
-``fluxsr upscale`` / ``fluxsr batch`` run on CUDA from a local Hugging Face cache in offline mode.
+whole image, latent tiles, tiled VAE, pixel tiles, AdaIN, batched tiles, the three offload modes, the
+blockwise VAE attention forced on; the blockwise attention's bf16 precision against float64. Then:
+bf16 on CUDA against float32 on the CPU (reported only); a real CUDA out-of-memory (a per-process
+memory cap) must halve the tile, say so and still finish; ``--quantize fp8 | fp8-compute | nf4`` stay
+close to the float32 model and keep a strong LoRA's effect, and read back identically from their
+cache; and ``fluxsr upscale`` / ``fluxsr batch`` run on CUDA from a local Hugging Face cache in
+offline mode.
 Prints one line per check and a summary; exit code 1 if any check failed. About a minute.
 
     python bench/gpu_checks.py
@@ -78,7 +81,7 @@ def main() -> int:
     }
     for name, kw in paths.items():
         check(f"CUDA == CPU, {name}", same(1e-4, **kw))
-    for offload in ("model", "sequential"):
+    for offload in ("model", "sequential", "group"):
         def hooked(offload=offload):
             plain, gpu = upscale(GPU, tile="128"), upscale(GPU, tile="128", offload=offload)
             diff = float(np.abs(plain - gpu).max())
@@ -187,6 +190,47 @@ def main() -> int:
                     f"mean |capped - whole| {diff:.4f}")
     if GPU == "cuda":
         check("CUDA out-of-memory halves the tile and says so", out_of_memory)
+
+    strong = save_tiny_checkpoint(root / "strong", base, seed=3, lora_std=2.0)  # a LoRA that moves v by ~70 %
+
+    def quantized(mode: str, bound: float):
+        """``--quantize MODE`` in bf16 on CUDA against the unquantized model in float32: the velocity stays
+        within ``bound`` (relative RMS) and the LoRA's effect (base without it) is far larger; the
+        quantized cache is read back identically. On the CPU (a dry run) the modes it refuses pass."""
+        def run():
+            from fluxsr_cli.errors import FluxSRError
+            from fluxsr_cli.model.loading import load_transformer
+            from fluxsr_cli.model.student import velocity
+
+            device = torch.device(GPU)
+            loading = ModelOptions(model=str(strong), device=GPU, dtype="bf16", quantize=mode,
+                                   cache=str(root / "quantized"))
+            try:
+                up = load_upscaler(loading)
+            except FluxSRError as error:  # fp8-compute before compute capability 8.9, nf4 on the CPU
+                return GPU == "cpu" or mode == "fp8-compute", f"refused: {error}"
+            exact = load_upscaler(ModelOptions(model=str(strong), device=GPU, dtype="fp32"))
+            plain = load_transformer(base, torch.float32).to(device)
+            z = torch.randn(2, 16, 32, 32, generator=torch.Generator().manual_seed(0)).to(device)
+
+            def rms(x):
+                return x.float().pow(2).mean().sqrt().item()
+
+            with torch.no_grad():
+                v_q = velocity(up.transformer, z, 0.25, exact.cond, dtype=torch.bfloat16).float()
+                v_exact = velocity(exact.transformer, z, 0.25, exact.cond)
+                v_base = velocity(plain, z, 0.25, exact.cond)
+                again = load_upscaler(loading)  # from the cache
+                v_again = velocity(again.transformer, z, 0.25, exact.cond, dtype=torch.bfloat16).float()
+            error, effect = rms(v_q - v_exact) / rms(v_exact), rms(v_base - v_exact) / rms(v_exact)
+            weights = {type(m.weight).__name__ for m in up.transformer.modules() if isinstance(m, torch.nn.Linear)}
+            ok = error < bound and effect > 5 * error and torch.equal(v_again, v_q)
+            return ok, (f"velocity vs float32: {error:.4f} (bound {bound}); LoRA effect {effect:.3f}; weights "
+                        f"{sorted(weights)}; cache read back identical: {torch.equal(v_again, v_q)}")
+        return run
+
+    for mode, bound in (("fp8", 0.15), ("fp8-compute", 0.15), ("nf4", 0.3)):
+        check(f"--quantize {mode} on {GPU}", quantized(mode, bound))
 
     def cli():
         import huggingface_hub.constants as constants

@@ -47,6 +47,7 @@ def batch(
     scale: mo.Scale = 4, seed: mo.Seed = 0, tile: mo.Tile = "1024", overlap: mo.Overlap = None,
     blend: mo.Blend = "cosine", tile_batch: mo.TileBatch = 1, tile_space: mo.TileSpace = "latent",
     vae_tile: mo.VaeTile = "auto", color_fix: mo.ColorFix = "wavelet", offload: mo.Offload = "none", compile: mo.Compile = False,
+    quantize: mo.Quantize = "none",
 ) -> None:
     """Upscale every image in a folder; rerun the same command to resume.
 
@@ -69,7 +70,7 @@ def batch(
     main = procs.index == 0
     loading = mo.model_options(model=model, revision=revision, base=base, offline=offline,
                                device=device or procs.device, dtype=dtype, t_l=t_l, guidance=guidance,
-                               offload=offload, compile=compile)
+                               offload=offload, compile=compile, quantize=quantize)
     options = mo.upscale_options(scale=scale, seed=seed, tile=tile, overlap=overlap, blend=blend,
                                  tile_batch=tile_batch, tile_space=tile_space, vae_tile=vae_tile, color_fix=color_fix)
     jobs = plan_batch(config)  # bad folders fail before minutes of model loading

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from fluxsr_cli.cli.common import console, handle_errors, out
@@ -47,6 +48,18 @@ def info(
         out.print(cache)
     else:
         out.print("no FLUX or fluxsr models in the Hugging Face cache yet")
+
+    from fluxsr_cli.model.quantize import cache_root, list_cache
+
+    entries = list_cache()
+    if entries:
+        quantized = Table(title=escape(f"quantized transformers in {cache_root()}"))
+        for col in ("mode", "size", "made from", "LoRA", "library", "created"):
+            quantized.add_column(col, overflow="fold")
+        for e in entries:
+            quantized.add_row(e.mode, f"{e.bytes / 1e9:.2f} GB", escape(e.source), escape(e.lora or "-"), e.library,
+                              e.created)
+        out.print(quantized)
 
     if model:
         from fluxsr_cli.model.checkpoint import read_checkpoint

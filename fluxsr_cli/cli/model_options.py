@@ -40,19 +40,23 @@ VaeTile = Annotated[str, typer.Option("--vae-tile", rich_help_panel=TILES,
                                       help="VAE tile in output pixels, or 'auto' (whole image when it fits).")]
 ColorFix = Annotated[str, typer.Option("--color-fix", rich_help_panel=TILES,
                                        help="wavelet, adain or none; applied once to the whole image.")]
-Offload = Annotated[str, typer.Option("--offload", rich_help_panel=TILES, help="none, model or sequential CPU offload.")]
+Offload = Annotated[str, typer.Option("--offload", rich_help_panel=TILES,
+                                       help="none, group (8 GB cards: a block at a time), model or sequential CPU offload.")]
+Quantize = Annotated[str, typer.Option("--quantize", "-q", rich_help_panel=PANEL,
+                                       help="Transformer weights: none (bf16), fp8 (16-24 GB cards), fp8-compute (fp8 "
+                                            "matmuls: Ada/Hopper/Blackwell) or nf4 (12 GB cards). Built once, cached.")]
 Compile = Annotated[bool, typer.Option("--compile", rich_help_panel=TILES, help="torch.compile the transformer and the VAE (faster once warm; the first images of each new size compile).")]
 
 
 def model_options(*, model: str = DEFAULT_MODEL, revision: str | None = None, base: str | None = None,
                   offline: bool = False, device: str | None = None, dtype: str | None = None,
                   t_l: float | None = None, guidance: float | None = None, offload: str = "none",
-                  compile: bool = False):
+                  compile: bool = False, quantize: str = "none"):
     """:class:`fluxsr_cli.upscale.options.ModelOptions` from the CLI values (validated there)."""
     from fluxsr_cli.upscale.options import ModelOptions
 
     return ModelOptions(model=model, revision=revision, base=base, offline=offline, device=device, dtype=dtype,
-                        t_l=t_l, guidance=guidance, offload=offload, compile=compile)
+                        t_l=t_l, guidance=guidance, offload=offload, compile=compile, quantize=quantize)
 
 
 def upscale_options(*, scale: int = 4, seed: int = 0, tile: str = "1024", overlap: int | None = None,

@@ -12,13 +12,15 @@ from fluxsr_cli.cli.common import console, handle_errors, out, parse_overrides, 
 Config = Annotated[Path, typer.Option("--config", "-c", help="TOML file with a \\[pairs] section (e.g. configs/ftd.toml).")]
 Overrides = Annotated[list[str] | None, typer.Option("--set", help="Override a \\[pairs] setting: KEY=VALUE (repeatable).")]
 Offload = Annotated[str | None, typer.Option("--offload", help="none, model or sequential CPU offload (smaller GPUs).")]
+Quantize = Annotated[str | None, typer.Option("--quantize", help="The teacher's transformer weights: none, fp8, "
+                                                                 "fp8-compute or nf4 (smaller GPUs; built once, cached).")]
 Rank = Annotated[int | None, typer.Option("--rank", help="This process's rank when not launched by accelerate.")]
 WorldSize = Annotated[int | None, typer.Option("--world-size", help="Number of processes sharing the items (with --rank).")]
 
 
 @handle_errors
-def pairs(config: Config, overrides: Overrides = None, offload: Offload = None, rank: Rank = None,
-          world_size: WorldSize = None) -> None:
+def pairs(config: Config, overrides: Overrides = None, offload: Offload = None, quantize: Quantize = None,
+          rank: Rank = None, world_size: WorldSize = None) -> None:
     """Sample the teacher, degrade its images and store eps, z_0, z_L, HQ and LQ per item (resumable).
 
     Several GPUs: `accelerate launch --num_processes 8 -m fluxsr_cli pairs --config ftd.toml`.
@@ -30,7 +32,8 @@ def pairs(config: Config, overrides: Overrides = None, offload: Offload = None, 
     from fluxsr_cli.train.pairs import PairsConfig, generate_pairs
 
     console.print(f"[yellow]licence:[/] {escape(FLUX_LICENCE_NOTE)}", soft_wrap=True, markup=True, highlight=False)
-    settings = parse_overrides(overrides) + ([f"offload={offload}"] if offload is not None else [])
+    settings = parse_overrides(overrides) + ([f"offload={offload}"] if offload is not None else []) + (
+        [f"quantize={quantize}"] if quantize is not None else [])
     cfg = load_config(PairsConfig, config, "pairs", settings)
     _quiet_libraries()
     with rich_progress() as progress:

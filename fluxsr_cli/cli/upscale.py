@@ -28,6 +28,7 @@ def upscale(
     scale: mo.Scale = 4, seed: mo.Seed = 0, tile: mo.Tile = "1024", overlap: mo.Overlap = None,
     blend: mo.Blend = "cosine", tile_batch: mo.TileBatch = 1, tile_space: mo.TileSpace = "latent",
     vae_tile: mo.VaeTile = "auto", color_fix: mo.ColorFix = "wavelet", offload: mo.Offload = "none", compile: mo.Compile = False,
+    quantize: mo.Quantize = "none",
 ) -> None:
     """Upscale one image x4 (by default) with the one-step FluxSR model.
 
@@ -40,7 +41,8 @@ def upscale(
     from fluxsr_cli.upscale.restore import load_upscaler
 
     loading = mo.model_options(model=model, revision=revision, base=base, offline=offline, device=device,
-                               dtype=dtype, t_l=t_l, guidance=guidance, offload=offload, compile=compile)
+                               dtype=dtype, t_l=t_l, guidance=guidance, offload=offload, compile=compile,
+                               quantize=quantize)
     options = mo.upscale_options(scale=scale, seed=seed, tile=tile, overlap=overlap, blend=blend,
                                  tile_batch=tile_batch, tile_space=tile_space, vae_tile=vae_tile, color_fix=color_fix)
     write = WriteOptions(overwrite=overwrite, quality=quality, strip_metadata=strip_metadata,

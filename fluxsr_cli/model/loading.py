@@ -110,9 +110,32 @@ def apply_lora(transformer: Any, lora_file: Path, fuse: bool = True) -> int:
             f"(e.g. {example!r}); the file's key layout does not fit this model"
         )
     if fuse:
-        transformer.fuse_lora(lora_scale=1.0, adapter_names=[ADAPTER_NAME])
-        transformer.unload_lora()
+        fuse_lora_fp32(transformer, ADAPTER_NAME)
     return len(lora_tensors)
+
+
+@torch.no_grad()
+def fuse_lora_fp32(transformer: torch.nn.Module, adapter: str) -> int:
+    """Merge the LoRA ``adapter`` into its base layers, each update computed and added in float32 and
+    rounded once to the weight's dtype (peft's own merge adds an update already rounded to it); then
+    the LoRA layers are removed. Returns the number of layers fused."""
+    from peft.tuners.lora import LoraLayer
+
+    fused = 0
+    for module in transformer.modules():
+        if not isinstance(module, LoraLayer) or adapter not in module.lora_A:
+            continue
+        if module.use_dora.get(adapter, False):  # weight-decomposed LoRA: peft's merge knows its norm
+            module.merge(adapter_names=[adapter])
+        else:
+            module.lora_A[adapter].float()
+            module.lora_B[adapter].float()
+            delta = module.get_delta_weight(adapter)  # float32, scaled by alpha / r
+            base = module.get_base_layer()
+            base.weight.data = (base.weight.float() + delta.to(base.weight.device)).to(base.weight.dtype)
+        fused += 1
+    transformer.unload_lora()
+    return fused
 
 
 def compute_dtype(name: str | None, device: torch.device) -> torch.dtype:

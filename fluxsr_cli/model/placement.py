@@ -7,6 +7,11 @@
 - ``offload="sequential"``: accelerate's ``cpu_offload`` on the transformer (weights stream in layer
   by layer; slow, for the smallest GPUs); the small VAE is model-offloaded, so its GroupNorm layers
   stay plain modules that tiled decoding can give global statistics (:mod:`fluxsr_cli.upscale.tiled_vae`).
+- ``offload="group"``: diffusers' group offloading of the transformer, a block at a time, with the
+  next block's weights copied on a CUDA stream while the current one computes (pinned host memory);
+  the VAE stays on the device (diffusers' hooks live in ``forward``, where the tiled VAE patches
+  GroupNorms, and accelerate's ``execution_device`` does not know them).
+- A quantized transformer (``--quantize``) arrives on the device already and is not moved.
 - ``compile=True``: ``torch.compile`` of the transformer and of the VAE's encoder and decoder, in
   place. Every tile of an image has one shape; the first shape compiles static, a second one
   (another image size) recompiles once with dynamic sizes, and later sizes reuse that (PyTorch's
@@ -22,7 +27,7 @@ import gc
 
 import torch
 
-OFFLOADS = ("none", "model", "sequential")
+OFFLOADS = ("none", "model", "sequential", "group")
 
 
 def execution_device(module: torch.nn.Module) -> torch.device:
@@ -39,7 +44,13 @@ def place_models(transformer: torch.nn.Module, vae: torch.nn.Module, device: tor
                  compile: bool = False) -> None:
     """Move (or hook) the transformer and VAE for ``offload`` (:data:`OFFLOADS`); ``torch.compile`` them if asked."""
     if offload == "none":
-        transformer.to(device)
+        if getattr(transformer, "hf_quantizer", None) is None:  # a quantized one was loaded onto the device
+            transformer.to(device)
+        vae.to(device)
+    elif offload == "group":
+        transformer.enable_group_offload(onload_device=device, offload_device=torch.device("cpu"),
+                                         offload_type="block_level", num_blocks_per_group=1,
+                                         use_stream=device.type == "cuda")
         vae.to(device)
     else:
         from accelerate import cpu_offload, cpu_offload_with_hook
@@ -52,7 +63,7 @@ def place_models(transformer: torch.nn.Module, vae: torch.nn.Module, device: tor
             cpu_offload(transformer, device)
             cpu_offload_with_hook(vae, device)
         else:
-            raise ValueError(f"offload must be none, model or sequential, got {offload!r}")
+            raise ValueError(f"offload must be one of {', '.join(OFFLOADS)}, got {offload!r}")
     from fluxsr_cli.model.attention import use_blockwise_attention
 
     # the VAE's single 512-wide attention head: plain matmuls on CUDA, in a loop that runs eagerly
@@ -75,3 +86,21 @@ def free_memory() -> None:
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
+
+
+def _bytes(module: torch.nn.Module) -> int:
+    return sum(t.numel() * t.element_size() for t in [*module.parameters(), *module.buffers()])
+
+
+def transient_bytes(transformer: torch.nn.Module, offload: str) -> int:
+    """GPU bytes of transformer weights that a call brings in and the free memory does not show yet:
+    all of them with ``model`` offload, two blocks with ``group`` (one computing, one arriving), two
+    of the largest layers with ``sequential``; none when the weights stay on the device."""
+    if offload == "model":
+        return _bytes(transformer)
+    if offload == "group":
+        blocks = [*transformer.transformer_blocks, *transformer.single_transformer_blocks]
+        return 2 * max(_bytes(b) for b in blocks)
+    if offload == "sequential":
+        return 2 * max(_bytes(m) for m in transformer.modules() if not list(m.children()))
+    return 0

@@ -32,7 +32,7 @@ def velocity(transformer: torch.nn.Module, z: torch.Tensor, t: torch.Tensor | fl
     """v_theta(z, t): [B, C, h, w] latent and t ([B] or scalar) -> [B, C, h, w] velocity (z's dtype)."""
     b, _, h, w = z.shape
     device = z.device
-    dtype = dtype or next(transformer.parameters()).dtype
+    dtype = dtype or transformer.dtype  # diffusers' compute dtype, whatever the weights are stored in
     t = torch.as_tensor(t, device=device, dtype=dtype).reshape(-1).expand(b)
     guidance = None
     if transformer.config.guidance_embeds:

@@ -53,10 +53,11 @@ def random_lora(transformer: torch.nn.Module, rank: int = 4, seed: int = 0, std:
 
 
 def save_tiny_checkpoint(root: Path, base: Path | str, seed: int = 0, t_l: float = 0.25, guidance: float = 1.0,
-                         rank: int = 4) -> Path:
-    """A fluxsr-format checkpoint (``fluxsr.json``, ``lora.safetensors``, ``embeddings.safetensors``)."""
+                         rank: int = 4, lora_std: float = 0.05) -> Path:
+    """A fluxsr-format checkpoint (``fluxsr.json``, ``lora.safetensors``, ``embeddings.safetensors``);
+    ``lora_std`` sets the size of the LoRA's random B (how far it moves the model)."""
     transformer = build_transformer(TINY_TRANSFORMER, seed=seed)
-    lora = random_lora(transformer, rank=rank, seed=seed + 10)
+    lora = random_lora(transformer, rank=rank, seed=seed + 10, std=lora_std)
     info = CheckpointInfo(base_model=str(base), t_l=t_l, guidance=guidance, lora_rank=rank, lora_alpha=float(rank),
                           prompt="")
     emb = random_embeddings(TINY_TRANSFORMER, TINY_TEXT_LENGTH, seed=seed + 20)

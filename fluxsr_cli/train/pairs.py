@@ -36,7 +36,7 @@ from fluxsr_cli.configs import dumps_toml
 from fluxsr_cli.errors import CheckpointError, ConfigError, InputError
 from fluxsr_cli.model.hub import DEFAULT_BASE
 from fluxsr_cli.model.loading import DTYPES
-from fluxsr_cli.model.placement import OFFLOADS
+from fluxsr_cli.model.quantize import check_settings
 from fluxsr_cli.processes import AccelerateProcesses, launched
 from fluxsr_cli.progress import Notice, ProgressFn, no_notice, no_progress
 from fluxsr_cli.train.dataset import append_line, finished_items, item_names, merge_manifest, read_lines
@@ -45,7 +45,8 @@ TEACHER_FILES = ["model_index.json", "scheduler/*", "text_encoder/*", "text_enco
                  "tokenizer_2/*", "transformer/*", "vae/*"]
 # settings that decide the content of an item: a data set only resumes with the same values
 CONTENT_KEYS = ("teacher", "revision", "resolution", "steps", "guidance", "seed", "max_sequence_length",
-                "student_prompt")
+                "student_prompt", "quantize")
+OFFLOADS = ("none", "model", "sequential")  # diffusers' pipeline offloading
 MAX_SEED = 2**63 - 1
 
 
@@ -67,6 +68,7 @@ class PairsConfig:
     dtype: str | None = None  # bf16, fp16 or fp32; None: bf16 on GPU, fp32 on CPU
     device: str | None = None  # None: CUDA when present (the process's GPU under accelerate)
     offload: str = "none"  # none, model or sequential CPU offload
+    quantize: str = "none"  # the teacher's transformer: none, fp8, fp8-compute or nf4 (fluxsr_cli.model.quantize)
     max_sequence_length: int = 512  # T5 tokens per prompt
     student_prompt: str = ""  # the student's fixed conditioning (embeddings.safetensors)
 
@@ -89,6 +91,7 @@ class PairsConfig:
             raise ConfigError(f"dtype = {self.dtype!r} must be one of {', '.join(DTYPES)}")
         if self.offload not in OFFLOADS:
             raise ConfigError(f"offload = {self.offload!r} must be one of {', '.join(OFFLOADS)}")
+        check_settings(self.quantize, self.offload)
         if not 1 <= self.max_sequence_length <= 512:
             raise ConfigError(f"max_sequence_length = {self.max_sequence_length} must be in 1-512")
 
@@ -201,10 +204,12 @@ def check_inputs(config: PairsConfig) -> tuple[list[str], Any]:
     if record.is_file():
         old = read_toml(record)
         new = _record(config, degradation)
+        defaults = _record(PairsConfig(), degradation)["pairs"]  # for settings added since the data set was made
         for key in CONTENT_KEYS:
-            if old.get("pairs", {}).get(key) != new["pairs"].get(key):
+            made = old.get("pairs", {}).get(key, defaults[key])
+            if made != new["pairs"].get(key):
                 raise ConfigError(
-                    f"{record}: this data set was made with {key} = {old.get('pairs', {}).get(key)!r}, the config "
+                    f"{record}: this data set was made with {key} = {made!r}, the config "
                     f"says {new['pairs'].get(key)!r}; resume with the same settings or choose another output"
                 )
         if old.get("degrade") != new["degrade"]:
@@ -340,7 +345,8 @@ def make_item(index: int, seed: int, prompt: str, embeds: tuple[torch.Tensor, to
         "index": index, "seed": seed, "prompt": prompt, **names,
         "height": config.resolution, "width": config.resolution, "scale": degradation.scale,
         "teacher": {"model": config.teacher, "revision": config.revision, "steps": config.steps,
-                    "guidance": config.guidance, "dtype": next(k for k, v in DTYPES.items() if v == dtype)},
+                    "guidance": config.guidance, "dtype": next(k for k, v in DTYPES.items() if v == dtype),
+                    "quantize": config.quantize},
         "degradation": params[0],
     }
     return {"eps": eps[0], "z_0": z_0[0], "z_l": z_l[0]}, hq, lq, record
@@ -397,6 +403,7 @@ def _generate(config: PairsConfig, prompts: list[str], degradation: Any, todo: l
         pick_device,
         read_transformer_config,
     )
+    from fluxsr_cli.model.quantize import check_mode, load_quantized_transformer
 
     base = resolve(config.teacher, revision=config.revision, offline=config.offline,
                    allow_patterns=TEACHER_FILES, notice=notice)
@@ -407,6 +414,7 @@ def _generate(config: PairsConfig, prompts: list[str], degradation: Any, todo: l
     dtype = compute_dtype(config.dtype, device)
     if config.offload != "none" and device.type == "cpu":
         raise ConfigError(f"offload = {config.offload} needs a GPU; use offload = none on the CPU")
+    check_mode(config.quantize, device)
     made = {json.loads(line)["teacher"]["dtype"] for line in done.values()}
     name = next(k for k, v in DTYPES.items() if v == dtype)
     if made - {name}:
@@ -431,11 +439,16 @@ def _generate(config: PairsConfig, prompts: list[str], degradation: Any, todo: l
     # 2. transformer (in a pipeline without text encoders) + VAE
     from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline
 
+    if config.quantize != "none":  # quantized once onto the device (and kept in the cache for the next run)
+        transformer, _ = load_quantized_transformer(base, None, config.quantize, dtype, device, notice=notice)
+    else:
+        transformer = load_transformer(base, dtype)
     pipe = FluxPipeline(scheduler=FlowMatchEulerDiscreteScheduler.from_pretrained(str(base), subfolder="scheduler"),
                         vae=None, text_encoder=None, tokenizer=None, text_encoder_2=None, tokenizer_2=None,
-                        transformer=load_transformer(base, dtype))
+                        transformer=transformer)
     pipe.set_progress_bar_config(disable=True)
-    _place(pipe, device, config.offload)
+    if config.quantize == "none":
+        _place(pipe, device, config.offload)
     vae = load_vae(base, dtype).to(device)
 
     # 3. one item at a time: files first (atomic), then the manifest line that marks it finished

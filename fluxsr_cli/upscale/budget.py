@@ -77,13 +77,17 @@ def vae_tile(vae: torch.nn.Module, tile: int, device: torch.device, itemsize: in
 
 
 def auto_tile(transformer: torch.nn.Module, vae: torch.nn.Module, device: torch.device, itemsize: int,
-              batch: int = 1, text_tokens: int = 512) -> int:
-    """``--tile auto``: the largest tile (<= 2048 px) whose estimated transformer + VAE peak fits."""
+              batch: int = 1, text_tokens: int = 512, reserve: int = 0) -> int:
+    """``--tile auto``: the largest tile (<= 2048 px) whose estimated transformer + VAE peak fits.
+
+    The free memory already counts the weights that stay on the device (quantized or not);
+    ``reserve`` is what an offloaded transformer brings in during its call.
+    """
     free = free_bytes(device)
     if free is None:
         return DEFAULT_TILE
     for tile in AUTO_TILES:
-        need = max(transformer_bytes(transformer, tile, batch, itemsize, text_tokens),
+        need = max(transformer_bytes(transformer, tile, batch, itemsize, text_tokens) + reserve,
                    vae_bytes(vae, tile, tile, itemsize))
         if need <= GPU_FREE_FRACTION * free:
             return tile

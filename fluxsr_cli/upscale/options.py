@@ -13,6 +13,7 @@ from fluxsr_cli.errors import ConfigError
 from fluxsr_cli.model.checkpoint import DEFAULT_MODEL
 from fluxsr_cli.model.loading import DTYPES
 from fluxsr_cli.model.placement import OFFLOADS
+from fluxsr_cli.model.quantize import check_settings
 from fluxsr_cli.upscale.colorfix import METHODS as COLOR_FIXES
 from fluxsr_cli.upscale.tiling import BLENDS
 
@@ -39,6 +40,8 @@ class ModelOptions:
     guidance: float | None = None  # None: the checkpoint's
     offload: str = "none"
     compile: bool = False
+    quantize: str = "none"  # none, fp8, fp8-compute or nf4 (fluxsr_cli.model.quantize)
+    cache: str | None = None  # folder of quantized transformers; None: fluxsr_cli.model.quantize.cache_root()
 
     def __post_init__(self) -> None:
         if self.dtype is not None and self.dtype not in DTYPES:
@@ -47,6 +50,7 @@ class ModelOptions:
             raise ConfigError(f"--t-l must lie in (0, 1), got {self.t_l}")
         if self.offload not in OFFLOADS:
             raise ConfigError(f"--offload must be one of {', '.join(OFFLOADS)}, got {self.offload!r}")
+        check_settings(self.quantize, self.offload)
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,8 @@ memory decisions made by :mod:`~fluxsr_cli.upscale.budget`.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -32,7 +34,8 @@ from fluxsr_cli.model.loading import (
     pick_device,
     read_transformer_config,
 )
-from fluxsr_cli.model.placement import place_models
+from fluxsr_cli.model.placement import place_models, transient_bytes
+from fluxsr_cli.model.quantize import check_mode, load_quantized_transformer
 from fluxsr_cli.model.student import Conditioning, velocity
 from fluxsr_cli.progress import Notice, ProgressFn, no_notice, no_progress
 from fluxsr_cli.upscale import bicubic, budget, colorfix, tiled_vae
@@ -50,15 +53,17 @@ class Upscaler:
 
     def __init__(self, transformer: torch.nn.Module, vae: torch.nn.Module, cond: Conditioning, t_l: float,
                  device: torch.device, dtype: torch.dtype, info: CheckpointInfo | None = None,
-                 options: ModelOptions | None = None) -> None:
+                 options: ModelOptions | None = None, transient_bytes: int = 0) -> None:
         self.transformer = transformer
         self.vae = vae
         self.cond = cond.to(device, dtype)
         self.t_l = t_l
         self.device = device
-        self.dtype = dtype
+        self.dtype = dtype  # what the transformer and the VAE compute in (whatever their weights are stored in)
         self.info = info
         self.options = options or ModelOptions()  # how it was loaded, for the record
+        self.transient_bytes = transient_bytes  # weights an offloaded transformer brings to the device per call
+        self.max_tile: int | None = None  # the largest tile known to fit, after a CUDA out-of-memory retry
 
     # -- the three stages; tiling replaces their insides for large images ------------------------
     @torch.no_grad()
@@ -89,8 +94,15 @@ class Upscaler:
         # bicubic, colour fix and blending run where the model does; NCHW-contiguous, since the
         # bicubic upsample of a channels-last view (an HWC array permuted) is 1.5-2x slower on the CPU
         lq = lq.float().to(self.device).contiguous()
-        return budget.retry_on_oom(lambda tile, attempt: self._upscale(lq, options, tile, attempt > 0, progress),
-                                   self.tile_pixels(options), notice)
+
+        def attempt(tile: int, n: int) -> torch.Tensor:
+            out = self._upscale(lq, options, tile, n > 0, progress)
+            if n > 0:  # later images start from the tile that fitted, not from the one that failed
+                self.max_tile = tile
+                notice(f"--tile {tile} is kept for the next images")
+            return out
+
+        return budget.retry_on_oom(attempt, self.tile_pixels(options), notice)
 
     def _upscale(self, lq: torch.Tensor, options: UpscaleOptions, tile: int, retried: bool,
                  progress: ProgressFn) -> torch.Tensor:
@@ -114,11 +126,14 @@ class Upscaler:
 
     # -- images larger than one tile (METHOD.md section 7) ------------------------------------------
     def tile_pixels(self, options: UpscaleOptions = DEFAULT_OPTIONS) -> int:
-        """The tile in output pixels: ``--tile``, or for ``auto`` the largest that fits the free GPU memory."""
+        """The tile in output pixels: ``--tile``, or for ``auto`` the largest that fits the free GPU memory;
+        never larger than a tile that ran out of memory before (:attr:`max_tile`)."""
         if options.tile != "auto":
-            return int(options.tile)
-        return budget.auto_tile(self.transformer, self.vae, self.device, self.dtype.itemsize, options.tile_batch,
-                                self.cond.prompt_embeds.shape[1])
+            tile = int(options.tile)
+        else:
+            tile = budget.auto_tile(self.transformer, self.vae, self.device, self.dtype.itemsize, options.tile_batch,
+                                    self.cond.prompt_embeds.shape[1], reserve=self.transient_bytes)
+        return min(tile, self.max_tile) if self.max_tile else tile
 
     @torch.no_grad()
     def upscale_tiled(self, lq: torch.Tensor, options: UpscaleOptions, tile: int, progress: ProgressFn = no_progress,
@@ -208,10 +223,16 @@ def load_upscaler(options: ModelOptions, progress: ProgressFn = no_progress, not
         if got != want:
             raise CheckpointError(f"{ckpt.root}: {name} has width {got} but the transformer of {base_ref} expects "
                                   f"{want}; the checkpoint was made for another base model (check --base)")
-    transformer = load_transformer(ckpt.root if ckpt.transformer_dir else base, dtype)
+    check_mode(options.quantize, device)  # before gigabytes are read
     progress("load", 2, steps)
-    if ckpt.lora_file is not None:
-        apply_lora(transformer, ckpt.lora_file, fuse=True)
+    root = ckpt.root if ckpt.transformer_dir else base
+    if options.quantize != "none":  # fused and quantized on the way to the device, or read from the cache
+        transformer, _ = load_quantized_transformer(root, ckpt.lora_file, options.quantize, dtype, device,
+                                                    Path(options.cache) if options.cache else None, notice)
+    else:
+        transformer = load_transformer(root, dtype)
+        if ckpt.lora_file is not None:
+            apply_lora(transformer, ckpt.lora_file, fuse=True)
     progress("load", 3, steps)
     vae = load_vae(base, dtype)
     progress("load", 4, steps)
@@ -220,4 +241,5 @@ def load_upscaler(options: ModelOptions, progress: ProgressFn = no_progress, not
     guidance = options.guidance if options.guidance is not None else ckpt.info.guidance
     cond = Conditioning(ckpt.prompt_embeds, ckpt.pooled_prompt_embeds, guidance)
     progress("load", steps, steps)
-    return Upscaler(transformer, vae, cond, t_l, device, dtype, info=ckpt.info, options=options)
+    return Upscaler(transformer, vae, cond, t_l, device, dtype, info=ckpt.info, options=options,
+                    transient_bytes=transient_bytes(transformer, options.offload))

@@ -81,7 +81,8 @@ def test_six_pairs_make_a_valid_data_set(full_run, prompts_file, teacher):
         assert r["prompt"] == prompts[r["index"] % 4]
         assert {k: r[k] for k in ("latents", "hq", "lq")} == item_names(r["index"])
         assert (r["height"], r["width"], r["scale"]) == (SIZE, SIZE, 4)
-        assert r["teacher"] == {"model": str(teacher), "revision": None, "steps": 2, "guidance": 3.5, "dtype": "fp32"}
+        assert r["teacher"] == {"model": str(teacher), "revision": None, "steps": 2, "guidance": 3.5, "dtype": "fp32",
+                                "quantize": "none"}
         assert {"stage1", "stage2", "final"} <= set(r["degradation"])
     assert len({r["seed"] for r in records}) == 6
 
@@ -256,6 +257,22 @@ def test_damaged_manifest_is_a_one_line_error(full_run, tmp_path):
         PairDataset(tmp_path)
     lq = np.asarray(Image.open(full_run[0] / "lq" / "000000.png"))
     assert lq.shape == (SIZE // 4, SIZE // 4, 3) and lq.dtype == np.uint8
+
+
+def test_a_data_set_from_before_quantize_resumes_and_another_quantization_is_refused(full_run, config, tmp_path):
+    """pairs.toml files written before the quantize setting existed read as quantize = "none"."""
+    import shutil
+
+    from fluxsr_cli.train.pairs import check_inputs
+
+    old = tmp_path / "old"
+    shutil.copytree(full_run[0], old)
+    record = old / "pairs.toml"
+    record.write_text("".join(line for line in record.read_text().splitlines(keepends=True)
+                              if not line.startswith("quantize")))
+    assert check_inputs(replace(config, output=old))[0]
+    with pytest.raises(ConfigError, match="made with quantize = 'none', the config says 'fp8'"):
+        check_inputs(replace(config, output=old, quantize="fp8"))
 
 
 def test_resume_refuses_another_dtype_before_loading(full_run, config, monkeypatch):

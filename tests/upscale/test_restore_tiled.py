@@ -250,11 +250,63 @@ def test_auto_tile(tiny_ckpt, monkeypatch):
     assert picks == sorted(picks, reverse=True) and picks[0] == 2048 and picks[-1] < 1024
 
 
-@pytest.mark.parametrize("offload", ["model", "sequential"])
+@pytest.mark.parametrize("offload", ["model", "sequential", "group"])
 def test_offload_gives_the_same_picture(tiny_ckpt, small_photo, offload):
     plain = _run(tiny_ckpt, small_photo, color_fix="none")
     hooked = _run(tiny_ckpt, small_photo, color_fix="none", offload=offload)
     np.testing.assert_allclose(hooked, plain, atol=1e-5)
+
+
+def test_group_offload_hooks_every_block(tiny_ckpt):
+    """diffusers' group offloading, block by block; the VAE stays on the device as a plain module."""
+    up, _ = _load(tiny_ckpt, offload="group")
+    blocks = [*up.transformer.transformer_blocks, *up.transformer.single_transformer_blocks]
+    assert all(getattr(b, "_diffusers_hook", None) is not None for b in blocks)
+    assert getattr(up.vae, "_diffusers_hook", None) is None and getattr(up.vae, "_hf_hook", None) is None
+    one_block = max(sum(p.numel() * p.element_size() for p in b.parameters()) for b in blocks)
+    assert up.transient_bytes == 2 * one_block
+
+
+def test_model_offload_plans_for_the_weights_it_brings(tiny_ckpt, monkeypatch):
+    """With --offload model the transformer is off the GPU when the tile is planned: its weights count."""
+    up, _ = _load(tiny_ckpt, offload="model")
+    weights = sum(p.numel() * p.element_size() for p in up.transformer.parameters())
+    weights += sum(b.numel() * b.element_size() for b in up.transformer.buffers())
+    assert up.transient_bytes == weights
+    asked = []
+    monkeypatch.setattr(budget, "auto_tile", lambda *a, **k: asked.append(k["reserve"]) or 512)
+    assert up.tile_pixels(UpscaleOptions(tile="auto")) == 512 and asked == [weights]
+
+
+def test_auto_tile_leaves_room_for_weights_brought_in():
+    """The full-size transformer's 23.8 GB, brought in per call, with 30 GiB free: a smaller tile."""
+    from fluxsr_cli.model.architectures import FLUX_VAE
+
+    big_t = type("M", (), {"config": type("C", (), {"num_attention_heads": 24, "attention_head_dim": 128})})()
+    big_v = type("M", (), {"config": type("C", (), {"block_out_channels": FLUX_VAE["block_out_channels"]})})()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(budget, "free_bytes", lambda device: 30 * 2**30)
+        resident = budget.auto_tile(big_t, big_v, torch.device("cuda"), 2)
+        brought = budget.auto_tile(big_t, big_v, torch.device("cuda"), 2, reserve=int(23.8e9))
+    assert (resident, brought) == (2048, 1280)
+
+
+def test_a_tile_that_ran_out_of_memory_is_not_tried_again(tiny_ckpt, lq, monkeypatch):
+    up, options = _load(tiny_ckpt, tile="512", color_fix="none")
+    tried, notes = [], []
+    real = up._upscale
+
+    def upscale(lq, options, tile, retried, progress):
+        tried.append(tile)
+        if tile > 256:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 8 GiB")
+        return real(lq, options, tile, retried, progress)
+
+    monkeypatch.setattr(up, "_upscale", upscale)
+    first = up.upscale_array(lq, options, notice=notes.append)
+    second = up.upscale_array(lq, options, notice=notes.append)
+    assert tried == [512, 256, 256] and up.max_tile == 256 and up.tile_pixels(options) == 256
+    assert second.tobytes() == first.tobytes() and any("kept for the next images" in n for n in notes)
 
 
 def test_compile_wraps_the_transformer(tiny_ckpt, monkeypatch):
