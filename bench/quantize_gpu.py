@@ -160,6 +160,8 @@ def main() -> None:
                     print(f"skipped {mode} {size} px: {elapsed():.0f} s used", flush=True)
                     continue
                 options = UpscaleOptions(tile=str(tile), color_fix="wavelet")
+                if compiled:  # each size its own static graphs, as a folder of photos of that size runs
+                    torch.compiler.reset()
                 try:
                     up.upscale_tensor(lqs[size], options)  # warm-up (and compilation)
                     if device.type == "cuda":

@@ -20,7 +20,7 @@ from contextlib import contextmanager
 import torch
 
 from fluxsr_cli.model.latents import VAE_FACTOR
-from fluxsr_cli.model.vae import decode, encode
+from fluxsr_cli.model.vae import StatsGroupNorm, decode, encode, install_stats_group_norms
 from fluxsr_cli.progress import ProgressFn, no_progress
 from fluxsr_cli.upscale.tiling import Source, tiled_apply
 
@@ -28,109 +28,53 @@ GroupNormStats = dict[str, tuple[torch.Tensor, torch.Tensor]]  # module name -> 
 
 
 # -- global GroupNorm statistics ---------------------------------------------------------------------
-@contextmanager
-def eager() -> Iterator[None]:
-    """A block in which modules compiled with ``--compile`` run eagerly (the tiled VAE's passes).
-
-    The tiled VAE hooks and patches the GroupNorms for its two passes; that is Python that a compiled
-    encoder or decoder would trace again and again. Compilation pays off for whole images only.
-    (The stance is process-wide while the block runs.)
-    """
-    with torch.compiler.set_stance("force_eager"):
-        yield
-
-
-def _group_norms(module: torch.nn.Module) -> dict[str, torch.nn.GroupNorm]:
-    return {name: m for name, m in module.named_modules() if isinstance(m, torch.nn.GroupNorm)}
+def _group_norms(module: torch.nn.Module) -> dict[str, StatsGroupNorm]:
+    if isinstance(module, torch.nn.GroupNorm) and not isinstance(module, StatsGroupNorm):
+        raise TypeError("a bare nn.GroupNorm cannot be given statistics; use StatsGroupNorm")
+    return install_stats_group_norms(module)
 
 
 def record_group_norm(module: torch.nn.Module, run: Callable[[], object]) -> GroupNormStats:
     """Call ``run()`` and record every GroupNorm's per-group mean and variance over all it saw.
 
     ``run`` may pass several images or tiles through ``module``: the statistics are pooled over all
-    of them (float64 sums), as if they were one image.
+    of them (float64 sums), as if they were one image. (The GroupNorms become
+    :class:`~fluxsr_cli.model.vae.StatsGroupNorm`, which a compiled encoder or decoder runs compiled.)
     """
-    sums: dict[str, torch.Tensor] = {}  # name -> [3, G]: count, sum, sum of squares
-
-    def hook(name: str, gn: torch.nn.GroupNorm):
-        def record(_module, inputs, _output) -> None:
-            x = inputs[0].detach()
-            for image in x:  # per-image float32 statistics, pooled in float64 sums below
-                flat = image.reshape(gn.num_groups, -1).float()
-                if flat.device.type == "cpu":  # two passes: as exact as var_mean, many times faster there
-                    mean = flat.mean(dim=1)
-                    var = (flat - mean[:, None]).square_().mean(dim=1)
-                else:  # no second full-size copy on the GPU
-                    var, mean = torch.var_mean(flat, dim=1, unbiased=False)
-                n = float(image.numel() // gn.num_groups)
-                mean, var = mean.double().cpu(), var.double().cpu()
-                acc = torch.stack([torch.full_like(mean, n), mean * n, (var + mean * mean) * n])
-                sums[name] = sums[name] + acc if name in sums else acc
-        return record
-
-    handles = [gn.register_forward_hook(hook(name, gn)) for name, gn in _group_norms(module).items()]
+    norms = _group_norms(module)
     try:
-        with eager():  # a compiled encoder or decoder would not run the hooks as Python
-            run()
+        for gn in norms.values():
+            gn.pooled.zero_()
+            gn.mode = "record"
+        run()
     finally:
-        for handle in handles:
-            handle.remove()
+        for gn in norms.values():
+            gn.mode = "plain"
     stats: GroupNormStats = {}
-    for name, (count, total, squares) in sums.items():
+    for name, gn in norms.items():
+        count, total, squares = gn.pooled.cpu()
         mean = total / count
         stats[name] = (mean.float(), (squares / count - mean * mean).clamp_min(0.0).float())
     return stats
 
 
-def _fixed_forward(gn: torch.nn.GroupNorm, mean: torch.Tensor, var: torch.Tensor) -> Callable:
-    """A GroupNorm forward that normalises with the given per-group statistics instead of its input's.
-
-    It is one per-channel affine map, ``x * scale + shift``; without autograd, scale and shift are
-    made once per device and dtype (so the GroupNorm's weights must not change inside one
-    :func:`fixed_group_norm` block; inference never changes them).
-    """
-    made: dict[tuple[torch.device, torch.dtype, int], tuple[torch.Tensor, torch.Tensor]] = {}
-
-    def affine(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        per = x.shape[1] // gn.num_groups
-        scale = torch.rsqrt(var.to(x.device) + gn.eps).repeat_interleave(per)  # [C]
-        shift = -mean.to(x.device).repeat_interleave(per) * scale
-        if gn.affine:
-            scale, shift = scale * gn.weight.float(), shift * gn.weight.float() + gn.bias.float()
-        view = (1, -1) + (1,) * (x.ndim - 2)
-        return scale.view(view).to(x.dtype), shift.view(view).to(x.dtype)
-
-    def forward(x: torch.Tensor) -> torch.Tensor:
-        if torch.is_grad_enabled():  # under autograd nothing is kept: each call builds its own graph
-            scale, shift = affine(x)
-            return torch.addcmul(shift, x, scale)
-        key = (x.device, x.dtype, x.ndim)
-        if key not in made:
-            made[key] = affine(x)
-        scale, shift = made[key]
-        return torch.addcmul(shift, x, scale)
-    return forward
-
-
 @contextmanager
 def fixed_group_norm(module: torch.nn.Module, stats: GroupNormStats) -> Iterator[None]:
-    """Within the block, every GroupNorm of ``module`` uses the recorded ``stats``."""
+    """Within the block, every GroupNorm of ``module`` normalises with the recorded ``stats``."""
     norms = _group_norms(module)
     missing = sorted(set(norms) - set(stats))
     if missing:
         raise ValueError(f"no recorded statistics for GroupNorm {missing[0]}")
-    saved = {name: gn.__dict__.get("forward") for name, gn in norms.items()}
     try:
         for name, gn in norms.items():
-            gn.forward = _fixed_forward(gn, *stats[name])
-        with eager():  # patched forwards in a compiled encoder or decoder would recompile per block
-            yield
+            mean, var = stats[name]
+            gn.mean.copy_(mean)
+            gn.var.copy_(var)
+            gn.mode = "fixed"
+        yield
     finally:
-        for name, gn in norms.items():
-            if saved[name] is None:
-                del gn.forward
-            else:
-                gn.forward = saved[name]
+        for gn in norms.values():
+            gn.mode = "plain"
 
 
 def stats_size(height: int, width: int, tile: int) -> tuple[int, int]:

@@ -12,6 +12,7 @@ from fluxsr_cli.errors import ConfigError, ResourceError
 from fluxsr_cli.model import placement
 from fluxsr_cli.model import vae as vae_lib
 from fluxsr_cli.model.latents import pad_to_multiple
+from fluxsr_cli.model.vae import StatsGroupNorm
 from fluxsr_cli.upscale import bicubic, budget, restore, tiled_vae
 from fluxsr_cli.upscale.bicubic import BicubicSource, bicubic_crop, bicubic_upsample
 from fluxsr_cli.upscale.options import ModelOptions, UpscaleOptions
@@ -105,7 +106,7 @@ def test_vae_tile_is_not_used_with_pixel_tiles(tiny_ckpt, lq, monkeypatch):
 
 
 def test_fixed_group_norm_under_autograd_builds_a_fresh_graph_each_call():
-    gn = torch.nn.GroupNorm(2, 4)
+    gn = StatsGroupNorm(2, 4)
     x = torch.randn(1, 4, 6, 6, generator=torch.Generator().manual_seed(2))
     stats = tiled_vae.record_group_norm(gn, lambda: gn(x))
     with tiled_vae.fixed_group_norm(gn, stats):
@@ -181,7 +182,7 @@ def test_a_kept_whole_upscale_is_filled_band_by_band(monkeypatch):
 
 def test_group_norm_statistics_pooled_over_tiles_equal_the_whole_images():
     """Four non-overlapping tiles through a GroupNorm: pooled mean/var == those of the whole input."""
-    gn = torch.nn.GroupNorm(4, 8)
+    gn = StatsGroupNorm(4, 8)
     x = torch.randn(1, 8, 40, 60, generator=torch.Generator().manual_seed(5)) * 0.2 + 3.0  # mean >> std
     whole = tiled_vae.record_group_norm(gn, lambda: gn(x))
     pooled = tiled_vae.record_group_norm(gn, lambda: [gn(x[..., r:r + 20, c:c + 30]) for r in (0, 20) for c in (0, 30)])
@@ -203,7 +204,27 @@ def test_fixed_group_norm_with_own_statistics_is_the_plain_forward(tiny_ckpt):
         with tiled_vae.fixed_group_norm(up.vae.decoder, stats):
             fixed = vae_lib.decode(up.vae, z)
     torch.testing.assert_close(fixed, plain, atol=1e-5, rtol=0)
-    assert "forward" not in up.vae.decoder.conv_norm_out.__dict__  # restored afterwards
+    norms = [m for m in up.vae.modules() if isinstance(m, torch.nn.GroupNorm)]
+    assert norms and all(isinstance(m, StatsGroupNorm) and m.mode == "plain" for m in norms)  # plain again
+
+
+def test_stats_group_norm_is_group_norm_and_a_bare_one_is_refused():
+    """Installed in place of nn.GroupNorm, sharing its parameters: the same outputs, bit for bit."""
+    from fluxsr_cli.model.architectures import TINY_VAE, build_vae
+    from fluxsr_cli.model.vae import install_stats_group_norms
+
+    vae = build_vae(TINY_VAE, seed=4)
+    z = torch.randn(1, 16, 6, 8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        before = vae_lib.decode(vae, z)
+        weight = vae.decoder.conv_norm_out.weight
+        installed = install_stats_group_norms(vae)
+        after = vae_lib.decode(vae, z)
+    assert len(installed) == sum(isinstance(m, torch.nn.GroupNorm) for m in vae.modules()) > 10
+    assert vae.decoder.conv_norm_out.weight is weight and torch.equal(after, before)
+    assert install_stats_group_norms(vae).keys() == installed.keys()  # idempotent
+    with pytest.raises(TypeError, match="StatsGroupNorm"):
+        tiled_vae.record_group_norm(torch.nn.GroupNorm(2, 4), lambda: None)
 
 
 def test_global_group_norm_keeps_tiled_encode_closer_than_per_tile(tiny_ckpt, photo):
@@ -331,19 +352,26 @@ class _Graphs(list):
         return gm.forward
 
 
-def test_tiled_vae_runs_a_compiled_vae_eagerly_with_the_same_result():
+def test_tiled_vae_runs_compiled_one_graph_per_pass_for_any_image_size():
+    """The statistics pass and the tile pass each trace once for the tile shape; a second image of
+    another size reuses both graphs (its tiles have the same shape), and the result is the eager one."""
     from fluxsr_cli.model.architectures import TINY_VAE, build_vae
+    from fluxsr_cli.model.vae import install_stats_group_norms
 
     vae = build_vae(TINY_VAE, seed=3)
-    x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
-    reference = tiled_vae.encode_tiled(vae, x, (64, 64), tile=32, overlap=16)
-    graphs = _Graphs()
-    vae.encoder.compile(backend=graphs, dynamic=None)
-    tiled = tiled_vae.encode_tiled(vae, x, (64, 64), tile=32, overlap=16)
-    assert graphs == []  # hooks and patched GroupNorms ran as Python, nothing was traced
-    assert torch.equal(tiled, reference)
-    vae_lib.encode(vae, x)
-    assert len(graphs) >= 1  # a whole image does run compiled
+    install_stats_group_norms(vae)  # as place_models does before compiling
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.rand(1, 3, 64, 64, generator=g), torch.rand(1, 3, 96, 64, generator=g)
+    with torch.no_grad():
+        reference = [tiled_vae.encode_tiled(vae, im, tuple(im.shape[-2:]), tile=32, overlap=16) for im in (x, y)]
+        graphs = _Graphs()
+        vae.encoder.compile(backend=graphs, dynamic=None)
+        first = tiled_vae.encode_tiled(vae, x, (64, 64), tile=32, overlap=16)
+        traced = len(graphs)
+        second = tiled_vae.encode_tiled(vae, y, (96, 64), tile=32, overlap=16)
+    assert traced >= 2 and len(graphs) == traced  # record and fixed passes: compiled, and not again
+    torch.testing.assert_close(first, reference[0], atol=1e-6, rtol=0)
+    torch.testing.assert_close(second, reference[1], atol=1e-6, rtol=0)
 
 
 def test_pixel_tiles_keep_the_compiled_transformer(tiny_ckpt, lq):
