@@ -62,11 +62,11 @@ def _kind(path: Path) -> str:
 
 def cached_models(cache_dir: str | Path | None = None) -> list[CachedModel]:
     """Models in the Hugging Face cache that fluxsr can use (bases and checkpoints), largest first."""
-    from huggingface_hub import scan_cache_dir
+    from huggingface_hub import constants, scan_cache_dir
     from huggingface_hub.errors import CacheNotFound
 
-    try:
-        info = scan_cache_dir(cache_dir)
+    try:  # the cache folder as configured now (scan_cache_dir's own default is fixed when it is imported)
+        info = scan_cache_dir(cache_dir or constants.HF_HUB_CACHE)
     except CacheNotFound:
         return []
     found = []

@@ -42,7 +42,8 @@ def batch(
                                                 rich_help_panel=FILES)] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="List what would be done; load no model.",
                                           rich_help_panel=FILES)] = False,
-    model: mo.Model = DEFAULT_MODEL, revision: mo.Revision = None, base: mo.Base = None, offline: mo.Offline = False,
+    model: mo.Model = DEFAULT_MODEL, revision: mo.Revision = None, base: mo.Base = None, vae: mo.Vae = None,
+    offline: mo.Offline = False,
     device: mo.Device = None, dtype: mo.Dtype = None, t_l: mo.TL = None, guidance: mo.Guidance = None,
     scale: mo.Scale = 4, seed: mo.Seed = 0, tile: mo.Tile = "1024", overlap: mo.Overlap = None,
     blend: mo.Blend = "cosine", tile_batch: mo.TileBatch = 1, tile_space: mo.TileSpace = "latent",
@@ -68,7 +69,7 @@ def batch(
         quality=quality, strip_metadata=strip_metadata, keep_mode=not rgb, overwrite=overwrite, report=report)
     procs = default_processes()
     main = procs.index == 0
-    loading = mo.model_options(model=model, revision=revision, base=base, offline=offline,
+    loading = mo.model_options(model=model, revision=revision, base=base, vae=vae, offline=offline,
                                device=device or procs.device, dtype=dtype, t_l=t_l, guidance=guidance,
                                offload=offload, compile=compile, quantize=quantize)
     options = mo.upscale_options(scale=scale, seed=seed, tile=tile, overlap=overlap, blend=blend,

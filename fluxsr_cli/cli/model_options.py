@@ -15,7 +15,11 @@ Model = Annotated[str, typer.Option("--model", "-m", rich_help_panel=PANEL,
                                     help="Checkpoint: Hub repo id or local folder (fluxsr or community format).")]
 Revision = Annotated[str | None, typer.Option("--revision", rich_help_panel=PANEL, help="Hub revision of --model.")]
 Base = Annotated[str | None, typer.Option("--base", rich_help_panel=PANEL,
-                                          help="FLUX base: Hub repo id or local folder (default: the checkpoint's, FLUX.1-dev).")]
+                                          help="FLUX base: Hub repo id, local folder, or a transformer file you have: "
+                                               "flux1-dev.safetensors, flux1-dev-fp8.safetensors, flux1-dev-*.gguf "
+                                               "(default: the checkpoint's, FLUX.1-dev).")]
+Vae = Annotated[str | None, typer.Option("--vae", rich_help_panel=PANEL,
+                                         help="The VAE: ae.safetensors or a diffusers vae/ folder (default: the base's).")]
 Offline = Annotated[bool, typer.Option("--offline", rich_help_panel=PANEL,
                                        help="Use only the local Hugging Face cache; never download.")]
 Device = Annotated[str | None, typer.Option("--device", rich_help_panel=PANEL,
@@ -49,14 +53,14 @@ Compile = Annotated[bool, typer.Option("--compile", rich_help_panel=TILES, help=
 
 
 def model_options(*, model: str = DEFAULT_MODEL, revision: str | None = None, base: str | None = None,
-                  offline: bool = False, device: str | None = None, dtype: str | None = None,
+                  vae: str | None = None, offline: bool = False, device: str | None = None, dtype: str | None = None,
                   t_l: float | None = None, guidance: float | None = None, offload: str = "none",
                   compile: bool = False, quantize: str = "none"):
     """:class:`fluxsr_cli.upscale.options.ModelOptions` from the CLI values (validated there)."""
     from fluxsr_cli.upscale.options import ModelOptions
 
-    return ModelOptions(model=model, revision=revision, base=base, offline=offline, device=device, dtype=dtype,
-                        t_l=t_l, guidance=guidance, offload=offload, compile=compile, quantize=quantize)
+    return ModelOptions(model=model, revision=revision, base=base, vae=vae, offline=offline, device=device,
+                        dtype=dtype, t_l=t_l, guidance=guidance, offload=offload, compile=compile, quantize=quantize)
 
 
 def upscale_options(*, scale: int = 4, seed: int = 0, tile: str = "1024", overlap: int | None = None,

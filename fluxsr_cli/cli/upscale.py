@@ -23,7 +23,8 @@ def upscale(
     quality: Annotated[int, typer.Option("--quality", help="Quality for JPEG/WebP outputs.")] = 95,
     strip_metadata: Annotated[bool, typer.Option("--strip-metadata", help="Drop EXIF and ICC profile.")] = False,
     max_pixels: Annotated[float, typer.Option("--max-pixels", help="Refuse outputs above this many megapixels.")] = 50.0,
-    model: mo.Model = DEFAULT_MODEL, revision: mo.Revision = None, base: mo.Base = None, offline: mo.Offline = False,
+    model: mo.Model = DEFAULT_MODEL, revision: mo.Revision = None, base: mo.Base = None, vae: mo.Vae = None,
+    offline: mo.Offline = False,
     device: mo.Device = None, dtype: mo.Dtype = None, t_l: mo.TL = None, guidance: mo.Guidance = None,
     scale: mo.Scale = 4, seed: mo.Seed = 0, tile: mo.Tile = "1024", overlap: mo.Overlap = None,
     blend: mo.Blend = "cosine", tile_batch: mo.TileBatch = 1, tile_space: mo.TileSpace = "latent",
@@ -40,7 +41,7 @@ def upscale(
     from fluxsr_cli.upscale.batch import WriteOptions, check_job, upscale_file
     from fluxsr_cli.upscale.restore import load_upscaler
 
-    loading = mo.model_options(model=model, revision=revision, base=base, offline=offline, device=device,
+    loading = mo.model_options(model=model, revision=revision, base=base, vae=vae, offline=offline, device=device,
                                dtype=dtype, t_l=t_l, guidance=guidance, offload=offload, compile=compile,
                                quantize=quantize)
     options = mo.upscale_options(scale=scale, seed=seed, tile=tile, overlap=overlap, blend=blend,

@@ -29,17 +29,47 @@ def is_local_ref(ref: str | Path) -> bool:
     return Path(text).expanduser().exists() or text.startswith(("/", ".", "~")) or "\\" in text or text.count("/") > 1
 
 
+def incomplete(folder: Path, patterns: list[str] | None) -> str | None:
+    """The first file or folder that ``patterns`` ask for and ``folder`` lacks (None: complete).
+
+    ``sub/*`` needs ``sub/``; when it holds a model (a ``config.json``), also its weights: every shard
+    its index names, or at least one weights file. Other patterns need the file they name.
+    """
+    import json
+
+    for pattern in patterns or []:
+        if pattern.endswith("/*"):
+            sub = folder / pattern[:-2]
+            if not sub.is_dir() or not any(sub.iterdir()):
+                return pattern[:-2] + "/"
+            if not (sub / "config.json").is_file():
+                continue  # tokenizers, schedulers: no weights
+            index = next(iter(sub.glob("*.index.json")), None)
+            if index is not None:
+                shards = set(json.loads(index.read_text()).get("weight_map", {}).values())
+                lacking = sorted(s for s in shards if not (sub / s).is_file())
+                if lacking:
+                    return f"{pattern[:-2]}/{lacking[0]}"
+            elif not any(p.suffix in (".safetensors", ".bin", ".gguf") for p in sub.iterdir()):
+                return f"{pattern[:-2]}/ weights"
+        elif not any(c in pattern for c in "*?[") and not (folder / pattern).is_file():
+            return pattern
+    return None
+
+
 def _offline_env() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
 
 
 def resolve(ref: str | Path, revision: str | None = None, offline: bool = False,
             allow_patterns: list[str] | None = None, notice: Notice = no_notice,
-            first_download_note: str | None = None) -> Path:
+            first_download_note: str | None = None, complete: bool = False) -> Path:
     """Return a local folder for ``ref`` (a folder, or a Hub repo downloaded to the HF cache).
 
     ``first_download_note`` is passed to ``notice`` when the repo is not in the cache yet (the
-    FLUX.1-dev licence note). All Hub failures become one-line :class:`CheckpointError` messages.
+    FLUX.1-dev licence note). With ``complete``, every pattern of ``allow_patterns`` must be present
+    for a cache hit (:func:`incomplete`), else the rest is downloaded. All Hub failures become
+    one-line :class:`CheckpointError` messages.
     """
     if is_local_ref(ref):
         path = Path(ref).expanduser()
@@ -58,14 +88,19 @@ def resolve(ref: str | Path, revision: str | None = None, offline: bool = False,
 
     repo = str(ref)
     offline = offline or _offline_env()
+    missing = "not in the local Hugging Face cache"
     try:
-        return Path(snapshot_download(repo, revision=revision, allow_patterns=allow_patterns, local_files_only=True))
+        found = Path(snapshot_download(repo, revision=revision, allow_patterns=allow_patterns, local_files_only=True))
+        # a cache hit is the snapshot folder, whatever it holds: an earlier run may have fetched config.json alone
+        absent = incomplete(found, allow_patterns) if complete else None
+        if not absent:
+            return found
+        missing = f"only partly in the local Hugging Face cache ({absent} missing)"
     except (LocalEntryNotFoundError, FileNotFoundError, OSError):
-        if offline:
-            raise CheckpointError(
-                f"{repo}: not in the local Hugging Face cache and offline mode is on; "
-                "run once online to download it, or pass a local folder"
-            ) from None
+        pass
+    if offline:
+        raise CheckpointError(f"{repo}: {missing} and offline mode is on; run once online to download it, "
+                              "or pass a local folder")
     if first_download_note:
         notice(first_download_note)
     notice(f"downloading {repo}" + (f"@{revision}" if revision else "") + " from the Hugging Face Hub")

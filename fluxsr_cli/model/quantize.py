@@ -12,9 +12,10 @@ Modes (the VAE and the activations stay in the compute dtype, bf16 on a GPU):
   (diffusers' bitsandbytes loader quantizes on the GPU).
 
 The LoRA is fused first, in float32 layer by layer, and only then quantized (PEFT layers on quantized
-bases are fragile, and a rounded update is lost). Building an entry: the bf16 transformer and the
-LoRA are loaded on the CPU, fused, written once as plain safetensors to a temporary folder inside
-the cache, and loaded back through diffusers' ``from_pretrained(quantization_config=...)``, which
+bases are fragile, and a rounded update is lost). Building an entry: the bf16 transformer (from a
+diffusers folder, or a single BFL-layout file: an fp8 file is upcast exactly) and the LoRA are loaded
+on the CPU, fused, written once as plain safetensors to a temporary folder inside the cache, and
+loaded back through diffusers' ``from_pretrained(quantization_config=...)``, which
 quantizes tensor by tensor onto the device; that quantized model is saved with ``save_pretrained``
 (safetensors, no pickle) and the temporary folder removed. Peak host memory while building is about
 the bf16 transformer's size plus one 2 GB shard; disk needs the bf16 size once more, temporarily.
@@ -198,16 +199,29 @@ def _from_pretrained(folder: Path, dtype: torch.dtype, device: torch.device, con
     return model.eval().requires_grad_(False)
 
 
-def load_quantized_transformer(root: Path, lora_file: Path | None, mode: str, dtype: torch.dtype,
+def _source_id(source: Path) -> str:
+    return folder_id(source / "transformer") if source.is_dir() else _file_id(source)
+
+
+def _load_plain(source: Path, dtype: torch.dtype) -> torch.nn.Module:
+    """The transformer of ``source`` (a folder with ``transformer/``, or a single file) on the CPU in ``dtype``."""
+    if source.is_dir():
+        return load_transformer(source, dtype)
+    from fluxsr_cli.model.single_file import inspect_file, load_transformer_file
+
+    return load_transformer_file(inspect_file(source), dtype)
+
+
+def load_quantized_transformer(source: Path, lora_file: Path | None, mode: str, dtype: torch.dtype,
                                device: torch.device, cache: Path | None = None, notice: Notice = no_notice,
                                progress: ProgressFn = no_progress) -> tuple[torch.nn.Module, bool]:
-    """The transformer of ``root`` (a folder with ``transformer/``) with ``lora_file`` fused, quantized
-    by ``mode``, on ``device``; from the cache when it was built before. Returns (model, built now)."""
+    """The transformer of ``source`` (a folder with ``transformer/``, or a single BFL-layout file) with
+    ``lora_file`` fused, quantized by ``mode``, on ``device``; from the cache when it was built before.
+    Returns (model, built now)."""
     cache = Path(cache) if cache is not None else cache_root()
     library = f"{_library(mode)}=={library_version(mode)}"
-    source = root / "transformer"
     lora_sha = file_sha256(lora_file) if lora_file is not None else None
-    key = cache_key(folder_id(source), lora_sha, mode, dtype, library)
+    key = cache_key(_source_id(source), lora_sha, mode, dtype, library)
     entry = cache / key
     if (entry / CACHE_INFO).is_file():
         return _from_pretrained(entry / "transformer", dtype, device), False
@@ -216,12 +230,13 @@ def load_quantized_transformer(root: Path, lora_file: Path | None, mode: str, dt
     work = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=cache))
     try:
         progress("quantize", 0, 3)
-        if lora_file is None:  # nothing to fuse: quantized straight from the source
-            model = _from_pretrained(source, dtype, device, quantization_config(mode, dtype))
+        if lora_file is None and source.is_dir():  # nothing to fuse: quantized straight from the source
+            model = _from_pretrained(source / "transformer", dtype, device, quantization_config(mode, dtype))
         else:
-            transformer = load_transformer(root, dtype)  # on the CPU
-            apply_lora(transformer, lora_file, fuse=False)
-            fuse_lora_fp32(transformer, ADAPTER_NAME)
+            transformer = _load_plain(source, dtype)  # on the CPU
+            if lora_file is not None:
+                apply_lora(transformer, lora_file, fuse=False)
+                fuse_lora_fp32(transformer, ADAPTER_NAME)
             transformer.save_pretrained(str(work / "fused"), max_shard_size=SHARD)
             del transformer
             gc.collect()
@@ -230,7 +245,7 @@ def load_quantized_transformer(root: Path, lora_file: Path | None, mode: str, dt
             shutil.rmtree(work / "fused")
         progress("quantize", 2, 3)
         model.save_pretrained(str(work / "transformer"))
-        info = CacheEntry(key, mode, str(dtype).removeprefix("torch."), str(source), folder_id(source),
+        info = CacheEntry(key, mode, str(dtype).removeprefix("torch."), str(source), _source_id(source),
                           str(lora_file) if lora_file is not None else None, lora_sha, library,
                           time.strftime("%Y-%m-%dT%H:%M:%S"))
         (work / CACHE_INFO).write_text(json.dumps(asdict(info), indent=2) + "\n")

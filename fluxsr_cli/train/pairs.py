@@ -395,26 +395,20 @@ def generate_pairs(config: PairsConfig, progress: ProgressFn = no_progress, noti
 def _generate(config: PairsConfig, prompts: list[str], degradation: Any, todo: list[int], need_embeddings: bool,
               root: Path, part: Path, done: dict[int, str], procs: Any, progress: ProgressFn,
               notice: Notice) -> int:
-    from fluxsr_cli.model.hub import resolve
-    from fluxsr_cli.model.loading import (
-        compute_dtype,
-        load_transformer,
-        load_vae,
-        pick_device,
-        read_transformer_config,
-    )
+    from fluxsr_cli.model.base import Base
+    from fluxsr_cli.model.loading import compute_dtype, load_transformer, load_vae, pick_device
     from fluxsr_cli.model.quantize import check_mode, load_quantized_transformer
 
-    base = resolve(config.teacher, revision=config.revision, offline=config.offline,
-                   allow_patterns=TEACHER_FILES, notice=notice)
+    teacher = Base(str(config.teacher), config.revision, config.offline)
     if procs is not None:  # under accelerate / torchrun: this process's own device
         device = procs.state.device
-    else:
-        device = pick_device(config.device, read_transformer_config(base), str(config.teacher))
+    else:  # decided from the config alone: a machine that cannot run the teacher says so before the download
+        device = pick_device(config.device, teacher.transformer_config(notice), str(config.teacher))
     dtype = compute_dtype(config.dtype, device)
     if config.offload != "none" and device.type == "cpu":
         raise ConfigError(f"offload = {config.offload} needs a GPU; use offload = none on the CPU")
     check_mode(config.quantize, device)
+    base = teacher.folder(TEACHER_FILES, notice)
     made = {json.loads(line)["teacher"]["dtype"] for line in done.values()}
     name = next(k for k, v in DTYPES.items() if v == dtype)
     if made - {name}:

@@ -31,8 +31,9 @@ class ModelOptions:
 
     model: str = DEFAULT_MODEL
     revision: str | None = None
-    base: str | None = None  # None: the base named by the checkpoint (FLUX.1-dev)
+    base: str | None = None  # None: the checkpoint's (FLUX.1-dev); a folder, repo id or .safetensors/.gguf file
     base_revision: str | None = None
+    vae: str | None = None  # None: the base's vae/; or ae.safetensors, a vae/ folder, a repo id
     offline: bool = False
     device: str | None = None  # None: CUDA when available, else refuse the full model on CPU
     dtype: str | None = None  # None: bf16 on GPU, fp32 on CPU

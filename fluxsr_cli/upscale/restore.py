@@ -22,20 +22,13 @@ import torch.nn.functional as F
 
 from fluxsr_cli.errors import CheckpointError
 from fluxsr_cli.model import vae as vae_lib
+from fluxsr_cli.model.base import effective_quantize, load_transformer_for, load_vae_for, open_base
 from fluxsr_cli.model.checkpoint import CheckpointInfo, read_checkpoint
 from fluxsr_cli.model.flows import one_step
-from fluxsr_cli.model.hub import BASE_FILES, DEFAULT_BASE, FLUX_LICENCE_NOTE, resolve
 from fluxsr_cli.model.latents import VAE_FACTOR, pad_to_multiple, padded_size
-from fluxsr_cli.model.loading import (
-    apply_lora,
-    compute_dtype,
-    load_transformer,
-    load_vae,
-    pick_device,
-    read_transformer_config,
-)
+from fluxsr_cli.model.loading import compute_dtype, pick_device, read_transformer_config
 from fluxsr_cli.model.placement import place_models, transient_bytes
-from fluxsr_cli.model.quantize import check_mode, load_quantized_transformer
+from fluxsr_cli.model.quantize import check_mode, check_settings
 from fluxsr_cli.model.student import Conditioning, velocity
 from fluxsr_cli.progress import Notice, ProgressFn, no_notice, no_progress
 from fluxsr_cli.upscale import bicubic, budget, colorfix, tiled_vae
@@ -204,38 +197,35 @@ def apply_color_fix(out: torch.Tensor, reference: torch.Tensor, method: str) -> 
 
 
 def load_upscaler(options: ModelOptions, progress: ProgressFn = no_progress, notice: Notice = no_notice) -> Upscaler:
-    """Resolve the checkpoint and base (Hub or local), load transformer + LoRA + VAE, return an Upscaler."""
-    steps = 5
+    """Resolve the checkpoint and base (Hub, folder or single file), load transformer + LoRA + VAE.
+
+    The device is chosen (and a machine that cannot run the model refused) from the transformer's
+    config alone, before any weights are downloaded or read.
+    """
+    steps = 4
     progress("load", 0, steps)
     ckpt = read_checkpoint(options.model, revision=options.revision, offline=options.offline, notice=notice)
-    base_ref = options.base or ckpt.info.base_model
     base_revision = options.base_revision if options.base else (options.base_revision or ckpt.info.base_revision)
-    note = FLUX_LICENCE_NOTE if str(base_ref) == DEFAULT_BASE else None
-    base = resolve(base_ref, revision=base_revision, offline=options.offline, allow_patterns=BASE_FILES,
-                   notice=notice, first_download_note=note)
-    progress("load", 1, steps)
-    tconfig = read_transformer_config(ckpt.root if ckpt.transformer_dir else base)
-    device = pick_device(options.device, tconfig, str(base_ref))
+    base = open_base(options.base or ckpt.info.base_model, base_revision, options.offline)
+    tconfig = read_transformer_config(ckpt.root) if ckpt.transformer_dir else base.transformer_config(notice)
+    device = pick_device(options.device, tconfig, base.ref)
     dtype = compute_dtype(options.dtype, device)
     for name, got, want in (("prompt_embeds", ckpt.prompt_embeds.shape[-1], tconfig["joint_attention_dim"]),
                             ("pooled_prompt_embeds", ckpt.pooled_prompt_embeds.shape[-1],
                              tconfig["pooled_projection_dim"])):
         if got != want:
-            raise CheckpointError(f"{ckpt.root}: {name} has width {got} but the transformer of {base_ref} expects "
+            raise CheckpointError(f"{ckpt.root}: {name} has width {got} but the transformer of {base.ref} expects "
                                   f"{want}; the checkpoint was made for another base model (check --base)")
-    check_mode(options.quantize, device)  # before gigabytes are read
+    quantize = effective_quantize(base, options.quantize, notice)
+    check_settings(quantize, options.offload)
+    check_mode(quantize, device)  # before gigabytes are read
+    progress("load", 1, steps)
+    transformer = load_transformer_for(base, ckpt.lora_file, quantize, dtype, device,
+                                       Path(options.cache) if options.cache else None, notice,
+                                       checkpoint_transformer=ckpt.root if ckpt.transformer_dir else None)
     progress("load", 2, steps)
-    root = ckpt.root if ckpt.transformer_dir else base
-    if options.quantize != "none":  # fused and quantized on the way to the device, or read from the cache
-        transformer, _ = load_quantized_transformer(root, ckpt.lora_file, options.quantize, dtype, device,
-                                                    Path(options.cache) if options.cache else None, notice)
-    else:
-        transformer = load_transformer(root, dtype)
-        if ckpt.lora_file is not None:
-            apply_lora(transformer, ckpt.lora_file, fuse=True)
+    vae = load_vae_for(base, options.vae, ckpt.info.base_model, dtype, notice)
     progress("load", 3, steps)
-    vae = load_vae(base, dtype)
-    progress("load", 4, steps)
     place_models(transformer, vae, device, options.offload, options.compile)
     t_l = options.t_l if options.t_l is not None else ckpt.info.t_l
     guidance = options.guidance if options.guidance is not None else ckpt.info.guidance

@@ -301,3 +301,18 @@ def test_the_shipped_config_and_prompts_load(monkeypatch):
     prompts = read_prompts(pairs.prompts)
     assert len(prompts) == 40 and len(set(prompts)) == 40 and all("photo" in p for p in prompts)
     assert load_distill_config(Path("configs/ftd.toml")).lora_rank == 64
+
+
+def test_the_teacher_is_refused_on_a_machine_without_gpu_before_any_download(config, tmp_path, monkeypatch):
+    import huggingface_hub
+
+    from fluxsr_cli.errors import ResourceError
+    from fluxsr_cli.model.hub import DEFAULT_BASE
+
+    calls = []
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda *a, **k: calls.append(a) or 1 / 0)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ResourceError, match="FLUX.1-dev: the 11.8B-parameter FLUX transformer needs a CUDA GPU"):
+        generate_pairs(replace(config, teacher=DEFAULT_BASE, output=tmp_path / "pairs"))
+    assert calls == []  # the packaged FLUX.1-dev config decided: nothing was fetched
