@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from fluxsr_cli.errors import ConfigError, FluxSRError
+from fluxsr_cli.errors import ConfigError, FluxSRError, InputError, one_line
 from fluxsr_cli.upscale.colorfix import METHODS as COLOR_FIXES
 
 from .service import SCALES, TILES, DemoService
@@ -109,6 +109,10 @@ def launch(service: DemoService, host: str = "127.0.0.1", port: int = 7860, shar
     """
     demo = build_demo(service)
     demo.queue(default_concurrency_limit=1)
-    demo.launch(server_name=host, server_port=port, share=share, show_error=True, ssr_mode=False,
-                prevent_thread_lock=not block, quiet=quiet)
+    try:
+        demo.launch(server_name=host, server_port=port, share=share, show_error=True, ssr_mode=False,
+                    prevent_thread_lock=not block, quiet=quiet)
+    except OSError as e:  # the port is taken, or the address is not this machine's
+        raise InputError(f"{host}:{port}: cannot serve the demo there ({one_line(e)}); choose another --port "
+                         "or --host") from None
     return demo

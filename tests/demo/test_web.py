@@ -94,3 +94,21 @@ def test_missing_extra_is_one_line_naming_it(monkeypatch):
     run = CliRunner().invoke(app, ["demo", "--model", "nowhere/never"], env={"COLUMNS": "300"})
     assert run.exit_code == 2
     assert run.output.strip() == 'error: the demo needs Gradio (gradio is not installed); pip install "fluxsr[demo]"'
+
+
+def test_a_taken_port_is_a_one_line_error(tmp_path):
+    from types import SimpleNamespace
+
+    import torch
+
+    from fluxsr_cli.demo.ui import launch
+    from fluxsr_cli.errors import InputError
+
+    stand_in = SimpleNamespace(options=ModelOptions(), device=torch.device("cpu"), dtype=torch.float32)
+    service = DemoService(stand_in, workdir=tmp_path, auto_tile=1024)  # type: ignore[arg-type]
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(InputError, match=rf"^127\.0\.0\.1:{port}: cannot serve the demo there .*another --port"):
+            launch(service, host="127.0.0.1", port=port, block=False, quiet=True)
