@@ -10,6 +10,7 @@ callback drives ``gr.Progress``, and the queue runs one job at a time.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
 from fluxsr_cli.errors import ConfigError, FluxSRError, InputError, one_line
@@ -46,11 +47,17 @@ def _path_of(payload: Any) -> tuple[str | None, str | None]:
 
 
 def run_job(service: DemoService, image: Any, scale: Any, tile: Any, color_fix: Any, gr: Any,
-            progress: Any = None) -> tuple[tuple[str, str], str, str]:
-    """One click of "Upscale": ((before, after), download, status) or a ``gr.Error`` with the library's message."""
+            progress: Any = None, uploads: str | Path | None = None) -> tuple[tuple[str, str], str, str]:
+    """One click of "Upscale": ((before, after), download, status) or a ``gr.Error`` with the library's message.
+
+    ``uploads``: the folder Gradio keeps uploads in; a path outside it is refused (the payload is not
+    preprocessed, so this check is ours: a client must not make the server read its other files).
+    """
     path, name = _path_of(image)
     if not path:
         raise gr.Error("Upload an image first.", print_exception=False)
+    if uploads is not None and not Path(path).resolve().is_relative_to(Path(uploads).resolve()):
+        raise gr.Error(f"{Path(path).name}: not an uploaded file; upload the image", print_exception=False)
 
     def report(stage: str, done: int, total: int) -> None:
         if progress is not None:
@@ -79,14 +86,14 @@ def build_demo(service: DemoService) -> Any:
     tiles = [(f"auto ({service.auto_tile} px)" if t == "auto" else f"{t} px", t) for t in TILES]
 
     def upscale(image, scale, tile, color_fix, progress=gr.Progress()):  # noqa: B008 (Gradio's idiom)
-        return run_job(service, image, scale, tile, color_fix, gr, progress)
+        return run_job(service, image, scale, tile, color_fix, gr, progress, uploads=upload.GRADIO_CACHE)
 
     with gr.Blocks(title="FluxSR", analytics_enabled=False, delete_cache=(3600, 3600)) as demo:
         gr.Markdown(header)
         with gr.Row():
             with gr.Column():
-                image = gr.Image(label="Low-resolution photo", type="filepath", image_mode=None,
-                                 sources=["upload", "clipboard"])
+                upload = gr.Image(label="Low-resolution photo", type="filepath", image_mode=None,
+                                  sources=["upload", "clipboard"])
                 scale = gr.Radio(list(SCALES), value=4, label="Scale")
                 tile = gr.Dropdown(tiles, value="auto", label="Tile (output pixels)")
                 color_fix = gr.Radio(list(COLOR_FIXES), value="wavelet", label="Colour fix")
@@ -96,7 +103,7 @@ def build_demo(service: DemoService) -> Any:
                 download = gr.File(label="Download (PNG, metadata kept)", interactive=False)
                 status = gr.Markdown(label="Status")
         # preprocess=False: the function gets the uploaded file itself (EXIF, 16-bit, alpha intact)
-        run.click(upscale, [image, scale, tile, color_fix], [slider, download, status], api_name="upscale",
+        run.click(upscale, [upload, scale, tile, color_fix], [slider, download, status], api_name="upscale",
                   concurrency_limit=1, preprocess=False)
     return demo
 

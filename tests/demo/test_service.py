@@ -158,6 +158,8 @@ def test_page_handler_feeds_the_progress_bar_and_turns_errors_into_messages(upsc
     assert "300x200" in status and "tile 256 px" in status
     tiles = [p for p, desc in bar if desc == "tiles"]  # 300x200 in 256 px tiles: 2x1 tiles
     assert tiles and tiles[-1] == (2, 2)
+    with pytest.raises(_FakeGradio.Error, match="cat.jpg: not an uploaded file"):  # a file elsewhere on the server
+        run_job(service, upload, 4, "auto", "wavelet", _FakeGradio, uploads=tmp_path / "uploads")
     with pytest.raises(_FakeGradio.Error, match="Upload an image first"):
         run_job(service, None, 4, "auto", "wavelet", _FakeGradio)
     with pytest.raises(_FakeGradio.Error, match=r"^cat\.jpg: .*over --max-pixels"):
