@@ -59,12 +59,17 @@ def run_job(service: DemoService, image: Any, scale: Any, tile: Any, color_fix: 
     if uploads is not None and not Path(path).resolve().is_relative_to(Path(uploads).resolve()):
         raise gr.Error(f"{Path(path).name}: not an uploaded file; upload the image", print_exception=False)
 
+    try:
+        scale = int(scale)
+    except (TypeError, ValueError):
+        raise gr.Error(f"scale must be a whole number, got {scale!r}", print_exception=False) from None
+
     def report(stage: str, done: int, total: int) -> None:
         if progress is not None:
             progress((done, total) if total else None, desc=stage, unit=stage)
 
     try:
-        result = service.upscale(path, scale=int(scale), tile=str(tile), color_fix=str(color_fix), name=name,
+        result = service.upscale(path, scale=scale, tile=str(tile), color_fix=str(color_fix), name=name,
                                  progress=report, notice=lambda message: gr.Warning(message))
     except FluxSRError as e:
         raise gr.Error(str(e), print_exception=False) from None

@@ -160,6 +160,10 @@ def test_page_handler_feeds_the_progress_bar_and_turns_errors_into_messages(upsc
     assert tiles and tiles[-1] == (2, 2)
     with pytest.raises(_FakeGradio.Error, match="cat.jpg: not an uploaded file"):  # a file elsewhere on the server
         run_job(service, upload, 4, "auto", "wavelet", _FakeGradio, uploads=tmp_path / "uploads")
+    with pytest.raises(_FakeGradio.Error, match="scale must be a whole number, got 'x4'"):
+        run_job(service, upload, "x4", "auto", "wavelet", _FakeGradio)
+    with pytest.raises(_FakeGradio.Error, match="--scale must be 1-8, got 9"):
+        run_job(service, upload, 9, "auto", "wavelet", _FakeGradio)
     with pytest.raises(_FakeGradio.Error, match="Upload an image first"):
         run_job(service, None, 4, "auto", "wavelet", _FakeGradio)
     with pytest.raises(_FakeGradio.Error, match=r"^cat\.jpg: .*over --max-pixels"):
