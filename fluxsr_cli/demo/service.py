@@ -4,10 +4,10 @@ A :class:`DemoService` holds the :class:`~fluxsr_cli.upscale.restore.Upscaler` l
 the tile that ``--tile auto`` stood for then (resolved once, so a result never depends on how busy
 the GPU was), the write settings (``--max-pixels``) and a lock: ``torch.compiler.set_stance`` and
 the tiled VAE's GroupNorm patches are process-global, so two upscales must never overlap. Each job
-goes file in -> file out through :func:`~fluxsr_cli.upscale.batch.check_job` and
-:func:`~fluxsr_cli.upscale.batch.upscale_file`, the code behind ``fluxsr upscale``: alpha, 16-bit,
-EXIF, ICC and the ``--max-pixels`` refusal behave the same, and the PNG it writes is the one
-``fluxsr upscale IN -o OUT.png`` writes, byte for byte.
+goes file in -> file out through :func:`~fluxsr_cli.upscale.batch.upscale_file` (which refuses
+through :func:`~fluxsr_cli.upscale.batch.check_job` before any model runs), the code behind
+``fluxsr upscale``: alpha, 16-bit, EXIF, ICC and the ``--max-pixels`` refusal behave the same, and
+the PNG it writes is the one ``fluxsr upscale IN -o OUT.png`` writes, byte for byte.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import numpy as np
 from fluxsr_cli.errors import ConfigError, FluxSRError
 from fluxsr_cli.images.writing import write_image
 from fluxsr_cli.progress import Notice, ProgressFn, no_notice, no_progress
-from fluxsr_cli.upscale.batch import DEFAULT_MAX_PIXELS, WriteOptions, check_job, upscale_file
+from fluxsr_cli.upscale.batch import DEFAULT_MAX_PIXELS, WriteOptions, upscale_file
 from fluxsr_cli.upscale.comparison import bicubic_rgb
 from fluxsr_cli.upscale.options import ModelOptions, UpscaleOptions
 from fluxsr_cli.upscale.restore import Upscaler
@@ -88,7 +88,6 @@ class DemoService:
                 job = self._new_job()
                 stem = Path(shown).stem or "image"
                 output, before = job / f"{stem}_x{options.scale}.png", job / f"{stem}_bicubic_x{options.scale}.png"
-                check_job(src, output, options.scale, self.write)
                 result = upscale_file(src, output, fn, scale=options.scale, options=self.write)
                 write_image(before, bicubic.pop())
                 seconds = time.perf_counter() - start
