@@ -5,6 +5,7 @@ lives in wings, each importing only the ones below it::
 
     cli/        the command line
     train/      teacher pairs and Flow Trajectory Distillation
+    demo/       the web page, ``fluxsr demo`` (beside train/: neither imports the other)
     upscale/    the one-step restore, tiling, files and folders
     quality/    metrics (PSNR, SSIM, LPIPS, ...)       degrade/  the Real-ESRGAN degradation
     images/     reading and writing photos            model/    loading and calling FLUX

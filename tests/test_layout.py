@@ -13,7 +13,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "fluxsr_cli"
 # lower imports nothing higher; wings of one rank import neither each other
-RANKS = {"shared": 0, "model": 1, "images": 1, "quality": 2, "degrade": 2, "upscale": 3, "train": 4, "cli": 5}
+RANKS = {"shared": 0, "model": 1, "images": 1, "quality": 2, "degrade": 2, "upscale": 3, "train": 4, "demo": 4, "cli": 5}
 MAX_LINES = 500
 
 

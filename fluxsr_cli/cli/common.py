@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -44,7 +45,8 @@ def handle_errors(fn: F) -> F:
         except FluxSRError as e:
             if STATE["debug"]:
                 console.print_exception()
-            console.print(f"[bold red]error:[/] {e}", soft_wrap=True, markup=True, highlight=False)
+            # escaped: a message's own brackets (pip install "fluxsr[demo]") are text, not Rich markup
+            console.print(f"[bold red]error:[/] {escape(str(e))}", soft_wrap=True, markup=True, highlight=False)
             raise typer.Exit(e.exit_code) from None
         except KeyboardInterrupt:
             console.print("[yellow]interrupted[/]: finished outputs are kept; rerun to resume")

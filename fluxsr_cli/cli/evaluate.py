@@ -25,7 +25,10 @@ def evaluate(
     ] = None,
     csv_path: Annotated[Path | None, typer.Option("--csv", help="Write per-image results as CSV.")] = None,
     json_path: Annotated[Path | None, typer.Option("--json", help="Write per-image results and means as JSON.")] = None,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing --csv/--json files.")] = False,
+    grid: Annotated[Path | None, typer.Option("--grid", help=(
+        "Write a contact sheet of the worst and best images by LPIPS (needs --gt) to this file."))] = None,
+    grid_count: Annotated[int, typer.Option("--grid-count", min=1, help="Images in each row of --grid.")] = 4,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing --csv/--json/--grid files.")] = False,
     device: Annotated[str, typer.Option("--device", help="Device for the learned metrics: auto, cpu, cuda, ...")] = "auto",
 ) -> None:
     """Score outputs: PSNR/SSIM on Y, LPIPS, DISTS with --gt; MUSIQ, MANIQA, TOPIQ, CLIPIQA, NIQE always.
@@ -33,15 +36,19 @@ def evaluate(
     Examples:
       fluxsr eval out_x4 --gt RealSR/HR --dataset realsr --csv scores.csv
       fluxsr eval out_x4 --metrics psnr,ssim,lpips-vgg --gt hr --device cpu
+      fluxsr eval out_x4 --gt hr --grid worst_best.png
     """
     from fluxsr_cli.atomic import check_writable
     from fluxsr_cli.quality.evaluate import METRICS, EvalConfig, write_csv, write_json
     from fluxsr_cli.quality.evaluate import evaluate as run_eval
+    from fluxsr_cli.quality.grid import check_grid, write_grid
 
     for path in (csv_path, json_path):
         if path is not None:
             check_writable(path, overwrite)
     names = tuple(m.strip().lower() for m in metrics.split(",") if m.strip()) if metrics is not None else None
+    if grid is not None:
+        check_grid(grid, gt, names, overwrite)  # before minutes of scoring
     config = EvalConfig(pred_dir, gt, scale if crop_border is None else crop_border, names, dataset, device)
     with rich_progress(transient=True) as progress:
         report = run_eval(config, progress)
@@ -70,6 +77,9 @@ def evaluate(
     if json_path is not None:
         write_json(report, json_path, overwrite=overwrite)
         console.print(f"wrote {json_path}")
+    if grid is not None:
+        width, height = write_grid(report, grid, grid_count, overwrite=overwrite)
+        console.print(f"wrote {grid} ({width}x{height})")
 
 
 def _fmt(v: float | None) -> str:

@@ -11,6 +11,7 @@ import typer
 
 from fluxsr_cli.cli import model_options as mo
 from fluxsr_cli.cli.common import handle_errors, note, out, rich_progress
+from fluxsr_cli.errors import InputError
 from fluxsr_cli.model.checkpoint import DEFAULT_MODEL
 
 
@@ -23,6 +24,9 @@ def upscale(
     quality: Annotated[int, typer.Option("--quality", help="Quality for JPEG/WebP outputs.")] = 95,
     strip_metadata: Annotated[bool, typer.Option("--strip-metadata", help="Drop EXIF and ICC profile.")] = False,
     max_pixels: Annotated[float, typer.Option("--max-pixels", help="Refuse outputs above this many megapixels.")] = 50.0,
+    compare: Annotated[Path | None, typer.Option("--compare", show_default=False, help=(
+        "Also write the bicubic upscale and the result side by side, labelled, to this file "
+        "(a centred crop of each at 100 % for outputs over 1024 px)."))] = None,
     model: mo.Model = DEFAULT_MODEL, revision: mo.Revision = None, base: mo.Base = None, vae: mo.Vae = None,
     offline: mo.Offline = False,
     device: mo.Device = None, dtype: mo.Dtype = None, t_l: mo.TL = None, guidance: mo.Guidance = None,
@@ -37,7 +41,9 @@ def upscale(
       fluxsr upscale photo.jpg -o photo_x4.png
       fluxsr upscale scan.tif -o scan_x4.tif --tile 768 --offload model
       fluxsr upscale in.png -o out.png --model ./my-checkpoint --base ./FLUX.1-dev --offline
+      fluxsr upscale photo.jpg -o photo_x4.png --compare photo_vs_bicubic.png
     """
+    from fluxsr_cli.atomic import check_writable
     from fluxsr_cli.upscale.batch import WriteOptions, check_job, upscale_file
     from fluxsr_cli.upscale.restore import load_upscaler
 
@@ -49,6 +55,10 @@ def upscale(
     write = WriteOptions(overwrite=overwrite, quality=quality, strip_metadata=strip_metadata,
                          max_pixels=int(max_pixels * 1e6))
     check_job(src, output, scale, write)  # bad input fails before minutes of model loading
+    if compare is not None:
+        if compare.resolve() == output.resolve():
+            raise InputError(f"{compare}: --compare must name another file than -o")
+        check_writable(compare, overwrite)
     start = time.perf_counter()
     with rich_progress(transient=True) as progress:
         upscaler = load_upscaler(loading, progress, notice=note)
@@ -57,3 +67,8 @@ def upscale(
     for message in result.notes:  # what the output could not keep (alpha into JPEG, pages, CMYK, ...)
         note(message)
     out.print(f"wrote {output} ({result.out_size[0]}x{result.out_size[1]}) in {time.perf_counter() - start:.1f} s")
+    if compare is not None:
+        from fluxsr_cli.upscale.comparison import write_comparison
+
+        width, height = write_comparison(src, output, compare, scale, overwrite=overwrite)
+        out.print(f"wrote {compare} ({width}x{height}): bicubic | FluxSR")

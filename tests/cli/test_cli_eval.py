@@ -148,3 +148,31 @@ def test_bad_options(folders, tmp_path):
     existing.write_text("keep")
     r = _run(str(pred_dir), "--gt", str(gt_dir), "--metrics", "psnr", "--csv", str(existing))
     assert r.exit_code == 2 and "--overwrite" in r.stderr and existing.read_text() == "keep"
+
+
+def test_grid_shows_the_worst_and_best_by_lpips(folders, torch_home, no_pyiqa, tmp_path):
+    """Each photo is blurred more than the one before: chelsea is the worst, astronaut the best."""
+    pred_dir, gt_dir = folders
+    grid = tmp_path / "grid.png"
+    r = _run(str(pred_dir), "--gt", str(gt_dir), "--metrics", "psnr,lpips-vgg", "--grid", str(grid),
+             "--grid-count", "1", "--device", "cpu")
+    assert r.exit_code == 0, r.output
+    sheet = np.asarray(Image.open(grid), np.float32) / 255
+    band, gap, cell = 28, 8, 256
+    assert sheet.shape == (2 * (2 * band + cell) + gap, cell, 3)
+    off = (cell - SIZE) // 2  # 96 px photos sit unscaled in the middle of their cell
+    worst_top, best_top = 2 * band, 2 * band + cell + gap + 2 * band
+    for top, name in ((worst_top, "chelsea"), (best_top, "astronaut")):
+        expected = np.asarray(Image.open(pred_dir / f"{name}.png"), np.float32) / 255
+        np.testing.assert_array_equal(sheet[top + off:top + off + SIZE, off:off + SIZE], expected)
+    for top in (0, band, worst_top + cell + gap, worst_top + cell + gap + band):  # titles and score labels
+        assert (sheet[top:top + band] > 0.6).any(), top
+
+
+def test_grid_needs_lpips(folders, tmp_path):
+    pred_dir, gt_dir = folders
+    r = _run(str(pred_dir), "--grid", str(tmp_path / "g.png"))
+    assert r.exit_code == 2 and "needs ground truth" in r.stderr
+    r = _run(str(pred_dir), "--gt", str(gt_dir), "--metrics", "psnr", "--grid", str(tmp_path / "g.png"))
+    assert r.exit_code == 2 and "add lpips-alex or lpips-vgg to --metrics" in r.stderr
+    assert not (tmp_path / "g.png").exists()

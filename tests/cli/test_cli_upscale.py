@@ -158,3 +158,33 @@ def test_help_shows_examples():
     code, output = _run("upscale", "--help")
     assert code == 0 and "Examples" in output and "--tile" in output
     assert np.all([cmd in _run("--help")[1] for cmd in ("upscale", "batch", "degrade", "pairs", "distill", "eval")])
+
+
+def test_compare_writes_bicubic_and_result_side_by_side(tiny_ckpt, cat_jpg, tmp_path):
+    import torch
+    import torch.nn.functional as F
+
+    out, compare = tmp_path / "out.png", tmp_path / "compare.png"
+    code, output = _run("upscale", cat_jpg, "-o", out, "--model", tiny_ckpt, "--compare", compare)
+    assert code == 0, output
+    sheet = np.asarray(Image.open(compare), np.float32) / 255
+    band, gap = 28, 8  # the label band above the panels, the gap between them
+    assert sheet.shape == (band + 200, 2 * 300 + gap, 3)
+    np.testing.assert_array_equal(sheet[band:, 300 + gap:], np.asarray(Image.open(out), np.float32) / 255)
+    lq = torch.from_numpy(np.asarray(Image.open(cat_jpg), np.float32) / 255).permute(2, 0, 1)[None]
+    bicubic = F.interpolate(lq, scale_factor=4, mode="bicubic", align_corners=False).clamp(0, 1)[0].permute(1, 2, 0)
+    assert np.abs(sheet[band:, :300] - bicubic.numpy()).max() <= 1 / 255 + 1e-6
+    left, right = sheet[:band, :300], sheet[:band, 300 + gap:]
+    assert (left > 0.6).any() and (right > 0.6).any() and not np.array_equal(left, right)  # two labels
+    assert "bicubic | FluxSR" in output
+
+
+def test_compare_is_checked_before_the_model_loads(tiny_ckpt, cat_jpg, tmp_path):
+    existing = tmp_path / "cmp.png"
+    existing.write_bytes(b"keep")
+    code, output = _run("upscale", cat_jpg, "-o", tmp_path / "o.png", "--model", tmp_path / "no-model",
+                        "--compare", existing)
+    assert code == 2 and "cmp.png: output exists" in output and existing.read_bytes() == b"keep"
+    code, output = _run("upscale", cat_jpg, "-o", tmp_path / "o.png", "--model", tiny_ckpt,
+                        "--compare", tmp_path / "o.png")
+    assert code == 2 and "--compare must name another file" in output
