@@ -19,7 +19,7 @@ import torch
 
 
 def flops_per_step(config: dict, side: int, text: int, batch: int) -> float:
-    """Transformer FLOP of one step (METHOD.md section 10): forward + recomputation + input gradients."""
+    """Transformer FLOP of one step (docs/method.md section 10): forward + recomputation + input gradients."""
     d = config["num_attention_heads"] * config["attention_head_dim"]
     s = (side // 16) ** 2 + text
     blocks = config["num_layers"] + config["num_single_layers"]

@@ -5,7 +5,7 @@ no download), saves the transformer once as a diffusers folder, and loads it thr
 loader for each mode: ``--quantize fp8 | fp8-compute | nf4`` (built into a cache folder, then read
 back from it: both times are reported), and bf16 with ``--offload group``. Then upscales 1024 px and
 4096 px outputs (x4, tile 1024 px) through ``Upscaler`` and reports, per mode and size: seconds (warm,
-best of N), transformer seconds and TFLOP/s (METHOD.md section 10), peak GPU memory over the upscale
+best of N), transformer seconds and TFLOP/s (docs/method.md section 10), peak GPU memory over the upscale
 (weights included), the weights' GPU memory, and the deviation of the restored latent from the bf16
 model's on the same weights and input (relative RMS). ``--compile`` adds compiled rows (fp8-compute
 is meant to run compiled). Optional rows are skipped as the script nears ``--budget`` seconds.
@@ -29,7 +29,7 @@ from pathlib import Path
 
 
 def dit_flops(tokens_img: int, tokens_txt: int, d: int, n_double: int, n_single: int) -> float:
-    """METHOD.md section 10, scaled from the 19 + 38 block FLUX to the given depth."""
+    """docs/method.md section 10, scaled from the 19 + 38 block FLUX to the given depth."""
     s = tokens_img + tokens_txt
     return (n_double + n_single) / 57 * (1368 * d * d * s + 57 * 4 * s * s * d)
 

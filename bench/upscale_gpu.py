@@ -6,7 +6,7 @@ with random bf16 weights directly on the GPU (no download), random fixed embeddi
 transformer, the VAE encoder and decoder), with ``--tile-batch`` 1 and 4, with the VAE whole or
 tiled, and with the VAE's attention through PyTorch SDPA instead of fluxsr's blockwise matmuls.
 Reports wall seconds (warm, best of N) split into VAE encode, transformer, VAE decode, colour fix
-and the rest; tiles; peak GPU memory; transformer TFLOP/s by METHOD.md section 10 (linear
+and the rest; tiles; peak GPU memory; transformer TFLOP/s by docs/method.md section 10 (linear
 1368 d^2 S + attention 57 * 4 S^2 d per call, S = image + 512 text tokens) and, where the VAE ran
 whole, its TFLOP/s (FLOPs counted by ``torch.utils.flop_counter`` on the meta device); and the
 time of the VAE's mid-block attention alone per SDPA backend and blockwise. Optional rows are
@@ -28,7 +28,7 @@ from dataclasses import replace
 
 
 def dit_flops(tokens_img: int, tokens_txt: int, d: int, n_double: int, n_single: int) -> float:
-    """METHOD.md section 10, scaled from the 19 + 38 block FLUX to the given depth."""
+    """docs/method.md section 10, scaled from the 19 + 38 block FLUX to the given depth."""
     s = tokens_img + tokens_txt
     depth = (n_double + n_single) / 57
     return depth * (1368 * d * d * s + 57 * 4 * s * s * d)

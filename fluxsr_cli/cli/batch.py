@@ -36,8 +36,8 @@ def batch(
     strip_metadata: Annotated[bool, typer.Option("--strip-metadata", help="Drop EXIF and ICC profile.",
                                                  rich_help_panel=FILES)] = False,
     rgb: Annotated[bool, typer.Option("--rgb", help="Write grey and palette inputs as RGB.", rich_help_panel=FILES)] = False,
-    max_pixels: Annotated[float, typer.Option("--max-pixels", help="Refuse outputs above this many megapixels.",
-                                              rich_help_panel=FILES)] = 50.0,
+    max_pixels: Annotated[float, typer.Option("--max-pixels", help="Refuse outputs above this many megapixels "
+                                              "(256: a 16 MP photo at x4).", rich_help_panel=FILES)] = 256.0,
     report: Annotated[Path | None, typer.Option("--report", help="Write every file's outcome and timing as JSON.",
                                                 rich_help_panel=FILES)] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="List what would be done; load no model.",
@@ -86,12 +86,30 @@ def batch(
             from fluxsr_cli.upscale.restore import load_upscaler
 
             upscaler = load_upscaler(loading, progress, notice=note)
+            if main:  # what the pending files will take, before they start
+                note(upscaler.cost(_outputs(jobs, scale), options).line())
             fn = functools.partial(upscaler.upscale_array, options=options, progress=progress, notice=note)
         result = run_batch(config, fn, progress, jobs=jobs, processes=procs)
     if main:
         _print_report(result)
     if result.failed:
         raise typer.Exit(1)
+
+
+def _outputs(jobs, scale: int) -> list[tuple[int, int, str, int]]:
+    """(width, height, suffix, bits) of each pending output, from the inputs' headers (unreadable ones left out)."""
+    from fluxsr_cli.errors import FluxSRError
+    from fluxsr_cli.images.reading import image_size
+
+    found = []
+    for job in jobs:
+        if job.status == "pending":
+            try:
+                width, height = image_size(job.src)
+            except FluxSRError:
+                continue  # reported when its turn comes
+            found.append((width * scale, height * scale, job.dst.suffix, 8))
+    return found
 
 
 def _print_plan(jobs, output: Path) -> None:

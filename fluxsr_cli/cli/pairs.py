@@ -23,7 +23,12 @@ def pairs(config: Config, overrides: Overrides = None, offload: Offload = None, 
           rank: Rank = None, world_size: WorldSize = None) -> None:
     """Sample the teacher, degrade its images and store eps, z_0, z_L, HQ and LQ per item (resumable).
 
-    Several GPUs: `accelerate launch --num_processes 8 -m fluxsr_cli pairs --config ftd.toml`.
+    Settings come from the \\[pairs] section of the config; rerun the same command to resume.
+
+    Examples:
+      fluxsr pairs --config configs/ftd.toml
+      fluxsr pairs --config configs/ftd.toml --set num_pairs=100 --set output=data/try --quantize fp8
+      accelerate launch --num_processes 8 -m fluxsr_cli pairs --config configs/ftd.toml
     """
     from rich.markup import escape
 

@@ -23,7 +23,8 @@ def upscale(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output.")] = False,
     quality: Annotated[int, typer.Option("--quality", help="Quality for JPEG/WebP outputs.")] = 95,
     strip_metadata: Annotated[bool, typer.Option("--strip-metadata", help="Drop EXIF and ICC profile.")] = False,
-    max_pixels: Annotated[float, typer.Option("--max-pixels", help="Refuse outputs above this many megapixels.")] = 50.0,
+    max_pixels: Annotated[float, typer.Option("--max-pixels", help="Refuse outputs above this many megapixels "
+                                              "(256: a 16 MP photo at x4).")] = 256.0,
     compare: Annotated[Path | None, typer.Option("--compare", show_default=False, help=(
         "Also write the bicubic upscale and the result side by side, labelled, to this file "
         "(a centred crop of each at 100 % for outputs over 1024 px)."))] = None,
@@ -54,7 +55,7 @@ def upscale(
                                  tile_batch=tile_batch, tile_space=tile_space, vae_tile=vae_tile, color_fix=color_fix)
     write = WriteOptions(overwrite=overwrite, quality=quality, strip_metadata=strip_metadata,
                          max_pixels=int(max_pixels * 1e6))
-    check_job(src, output, scale, write)  # bad input fails before minutes of model loading
+    _, (out_w, out_h) = check_job(src, output, scale, write)  # bad input fails before minutes of model loading
     if compare is not None:
         if compare.resolve() == output.resolve():
             raise InputError(f"{compare}: --compare must name another file than -o")
@@ -62,6 +63,9 @@ def upscale(
     start = time.perf_counter()
     with rich_progress(transient=True) as progress:
         upscaler = load_upscaler(loading, progress, notice=note)
+        cost = upscaler.cost([(out_w, out_h, output.suffix, 8)], options)
+        if cost.tiles > 1:  # a large job: what it will take, before it starts
+            note(f"{src.name}: {cost.line()}")
         fn = functools.partial(upscaler.upscale_array, options=options, progress=progress, notice=note)
         result = upscale_file(src, output, fn, scale=scale, options=write)
     for message in result.notes:  # what the output could not keep (alpha into JPEG, pages, CMYK, ...)

@@ -2,7 +2,7 @@
 
 One :class:`StageConfig` describes a blur -> resize -> noise -> JPEG stage; the pipeline runs it
 twice (stage 1 and stage 2 differ only in their values), and stage 2's JPEG is applied in the final
-step, in random order with [resize to HR/scale + sinc filter]. See METHOD.md section 6.
+step, in random order with [resize to HR/scale + sinc filter]. See docs/method.md section 6.
 
 Read from TOML with ``load_config(DegradeConfig, path, "degrade")``; ``configs/degrade_realesrgan.toml``
 writes every default out.

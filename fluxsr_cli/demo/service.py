@@ -27,7 +27,7 @@ import numpy as np
 from fluxsr_cli.errors import ConfigError, FluxSRError
 from fluxsr_cli.images.writing import write_image
 from fluxsr_cli.progress import Notice, ProgressFn, no_notice, no_progress
-from fluxsr_cli.upscale.batch import DEFAULT_MAX_PIXELS, WriteOptions, upscale_file
+from fluxsr_cli.upscale.batch import WriteOptions, upscale_file
 from fluxsr_cli.upscale.comparison import bicubic_rgb
 from fluxsr_cli.upscale.options import ModelOptions, UpscaleOptions
 from fluxsr_cli.upscale.restore import Upscaler
@@ -49,10 +49,13 @@ class DemoResult:
     notes: list[str] = field(default_factory=list)
 
 
+MAX_PIXELS = 50_000_000  # a web page's jobs stay small (the command line's default is 256 MP)
+
+
 class DemoService:
     """One loaded model behind a lock; :meth:`upscale` takes a file and returns files."""
 
-    def __init__(self, upscaler: Upscaler, *, max_pixels: int = DEFAULT_MAX_PIXELS,
+    def __init__(self, upscaler: Upscaler, *, max_pixels: int = MAX_PIXELS,
                  workdir: str | Path | None = None, auto_tile: int | None = None) -> None:
         self.upscaler = upscaler
         self.write = WriteOptions(max_pixels=max_pixels)
@@ -130,7 +133,7 @@ def settings_from_env(env: Mapping[str, str] = os.environ) -> tuple[ModelOptions
         return value in ("1", "true", "yes")
 
     try:
-        megapixels = float(get("MAX_PIXELS") or DEFAULT_MAX_PIXELS / 1e6)
+        megapixels = float(get("MAX_PIXELS") or MAX_PIXELS / 1e6)
     except ValueError:
         raise ConfigError(f"{ENV}MAX_PIXELS={get('MAX_PIXELS')!r}: give a number of megapixels") from None
     defaults = ModelOptions()

@@ -1,4 +1,4 @@
-"""The three straight flows of Flow Trajectory Distillation (METHOD.md sections 3 and 4).
+"""The three straight flows of Flow Trajectory Distillation (docs/method.md sections 3 and 4).
 
 Notation: t = 0 is data, t = 1 is noise. ``eps`` is the teacher's noise, ``z_0`` its clean latent,
 ``z_l`` the latent of the degraded (LR, upsampled) image, which sits at the fixed time ``t_l``.

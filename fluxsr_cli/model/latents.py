@@ -1,4 +1,4 @@
-"""Latent geometry: image <-> VAE latent <-> FLUX tokens (METHOD.md section 1).
+"""Latent geometry: image <-> VAE latent <-> FLUX tokens (docs/method.md section 1).
 
 Pure functions, no I/O, no device choice. Shapes follow diffusers' FLUX layout: a VAE latent
 [B, 16, h, w] is normalised as ``(z - shift) * scale`` and packed in 2x2 patches into tokens

@@ -57,7 +57,7 @@ METRICS: dict[str, MetricSpec] = {
 }
 DEFAULT_METRICS = ("psnr", "ssim", "lpips-vgg", "lpips-alex", "dists", "musiq", "maniqa", "topiq", "clipiqa", "niqe")
 
-# METHOD.md section 8: FluxSR's published means (x4, full-size images). The paper's LPIPS column is
+# docs/method.md section 8: FluxSR's published means (x4, full-size images). The paper's LPIPS column is
 # taken to be pyiqa's default LPIPS (AlexNet), its TOPIQ the no-reference TOPIQ.
 PAPER_FLUXSR: dict[str, dict[str, float]] = {
     "realsr": {"psnr": 24.83, "ssim": 0.7175, "lpips-alex": 0.3200, "dists": 0.1910, "musiq": 68.95,

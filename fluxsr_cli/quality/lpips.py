@@ -1,4 +1,4 @@
-"""LPIPS (v0.1, VGG16 backbone) and the TV-LPIPS loss of METHOD.md section 5, in plain torch.
+"""LPIPS (v0.1, VGG16 backbone) and the TV-LPIPS loss of docs/method.md section 5, in plain torch.
 
 The backbone is torchvision's VGG16 feature stack, written here so that torchvision is not needed:
 its module names mirror torchvision's, so the published ImageNet state dict

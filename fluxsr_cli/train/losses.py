@@ -1,10 +1,10 @@
-"""The losses of FluxSR training (METHOD.md sections 3 and 5), as pure functions.
+"""The losses of FluxSR training (docs/method.md sections 3 and 5), as pure functions.
 
     L = lambda_ftd * L_FTD + lambda_rec * (MSE(x_hat_H, x_0) + lambda_tv * TV-LPIPS(x_hat_H, x_0))
         + lambda_adl * L_ADL
 
 The student's velocities enter as tensors, so every function here can be checked on random tensors
-against the identities of METHOD.md. Randomness (the flow times t) is a ``torch.Generator``
+against the identities of docs/method.md. Randomness (the flow times t) is a ``torch.Generator``
 argument, drawn on the CPU.
 """
 
@@ -56,7 +56,7 @@ def ftd_point(eps: torch.Tensor, z_l: torch.Tensor, t_l: float, generator: torch
 
 def ftd_loss(v_theta: torch.Tensor, eps: torch.Tensor, z_0: torch.Tensor, z_l: torch.Tensor, t_l: float
              ) -> torch.Tensor:
-    """L_FTD = E || v_phi - u^L ||^2 (METHOD.md section 3), the mean over all elements.
+    """L_FTD = E || v_phi - u^L ||^2 (docs/method.md section 3), the mean over all elements.
 
     ``v_theta``: the student's velocity v_theta(z_t, t) at the point of :func:`ftd_point`; eps, z_0,
     z_l: [B, C, h, w] normalised latents. It equals (T_L / (1 - T_L))^2 E || v_theta - (z_L - z_0) / T_L ||^2.
@@ -92,7 +92,7 @@ def reconstruction_loss(x_hat: torch.Tensor, x_0: torch.Tensor, lpips: torch.nn.
 
 
 def adl_loss(features: Sequence[torch.Tensor]) -> torch.Tensor:
-    """L_ADL = mean_l s_l, s_l = mean_i cos(H_l[:, i], mean_j H_l[:, j]) (METHOD.md section 5).
+    """L_ADL = mean_l s_l, s_l = mean_i cos(H_l[:, i], mean_j H_l[:, j]) (docs/method.md section 5).
 
     ``features``: image-token features H_l [B, N, C] of the chosen blocks. s_l is 1 when all tokens
     are equal and falls towards 0 as the tokens diversify (1/sqrt(N) for N orthonormal tokens).

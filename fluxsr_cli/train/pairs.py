@@ -1,4 +1,4 @@
-"""Teacher data for FTD (METHOD.md section 2): noise-image pairs generated offline by the frozen teacher.
+"""Teacher data for FTD (docs/method.md section 2): noise-image pairs generated offline by the frozen teacher.
 
 For every item i of the data set (format in :mod:`fluxsr_cli.train.dataset`)::
 

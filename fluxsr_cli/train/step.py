@@ -1,4 +1,4 @@
-"""One training step of Flow Trajectory Distillation (METHOD.md sections 3-5), and the data it takes.
+"""One training step of Flow Trajectory Distillation (docs/method.md sections 3-5), and the data it takes.
 
 For a micro-batch of pairs (eps, z_0, z_L, x_0):
 

@@ -31,7 +31,7 @@ from fluxsr_cli.progress import ProgressFn, no_progress
 UpscaleFn = Callable[[np.ndarray], np.ndarray]
 Status = Literal["pending", "done", "skipped", "failed"]
 
-DEFAULT_MAX_PIXELS = 50_000_000
+DEFAULT_MAX_PIXELS = 256_000_000  # a 16 MP photo at x4; the tiler streams it (about 4 GB of RAM)
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Colour fix, applied once to the whole image, never per tile (METHOD.md section 7).
+"""Colour fix, applied once to the whole image, never per tile (docs/method.md section 7).
 
 A one-step model keeps the detail it adds but can drift in colour and tone. The fix takes the low
 frequencies from the reference (the bicubic upscale of the input) and the high frequencies from the

@@ -1,4 +1,4 @@
-"""The one-step restore (METHOD.md section 4): LR image -> x4 image in one transformer pass.
+"""The one-step restore (docs/method.md section 4): LR image -> x4 image in one transformer pass.
 
     lq -> bicubic x scale -> reflect-pad to 16 px -> VAE encode (mean) -> z_L
     z_hat_0 = z_L - T_L * v_theta(z_L, T_L)          # one Euler step from T_L to 0
@@ -32,6 +32,7 @@ from fluxsr_cli.model.quantize import check_mode, check_settings
 from fluxsr_cli.model.student import Conditioning, velocity
 from fluxsr_cli.progress import Notice, ProgressFn, no_notice, no_progress
 from fluxsr_cli.upscale import bicubic, budget, colorfix, tiled_vae
+from fluxsr_cli.upscale.estimate import JobCost, estimate
 from fluxsr_cli.upscale.options import ModelOptions, UpscaleOptions
 from fluxsr_cli.upscale.tiling import Box, default_overlap, tiled_apply
 
@@ -117,7 +118,13 @@ class Upscaler:
         out = self.upscale_tensor(lq, options, progress, notice)
         return out[0].permute(1, 2, 0).numpy()
 
-    # -- images larger than one tile (METHOD.md section 7) ------------------------------------------
+    def cost(self, outputs: list[tuple[int, int, str, int]], options: UpscaleOptions = DEFAULT_OPTIONS) -> JobCost:
+        """What upscaling to ``outputs`` = [(width, height, suffix, bits), ...] will take, estimated
+        before it starts (:mod:`fluxsr_cli.upscale.estimate`)."""
+        return estimate(outputs, self.tile_pixels(options), options.overlap, dict(self.transformer.config),
+                        self.cond.prompt_embeds.shape[1], self.device, self.options.quantize, self.options.offload)
+
+    # -- images larger than one tile (docs/method.md section 7) ------------------------------------------
     def tile_pixels(self, options: UpscaleOptions = DEFAULT_OPTIONS) -> int:
         """The tile in output pixels: ``--tile``, or for ``auto`` the largest that fits the free GPU memory;
         never larger than a tile that ran out of memory before (:attr:`max_tile`)."""

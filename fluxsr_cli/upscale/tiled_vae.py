@@ -1,4 +1,4 @@
-"""The VAE in tiles, for images too large to encode or decode whole (METHOD.md section 7).
+"""The VAE in tiles, for images too large to encode or decode whole (docs/method.md section 7).
 
 :func:`encode_tiled` and :func:`decode_tiled` run the VAE tile by tile and blend the
 tiles (:mod:`fluxsr_cli.upscale.tiling`). A VAE normalises with GroupNorm, whose statistics are taken over

@@ -1,4 +1,4 @@
-"""Tiles and their blending (METHOD.md section 7): pure geometry plus one generic tiled apply.
+"""Tiles and their blending (docs/method.md section 7): pure geometry plus one generic tiled apply.
 
 Tiles live on a *grid* (latent cells for the transformer and the VAE). Every tile has the same
 shape, so a batch of tiles is one tensor and a compiled model sees one shape; the first tile of a
@@ -141,7 +141,7 @@ def tile_weights(boxes: list[Box], height: int, width: int, blend: str = "cosine
 
 
 def default_overlap(tile: int) -> int:
-    """25 % of the tile, at least 128 px, in output pixels (METHOD.md section 7)."""
+    """25 % of the tile, at least 128 px, in output pixels (docs/method.md section 7)."""
     return max(128, tile // 4)
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -43,6 +44,12 @@ class FakeUpscaler:
         self.options = options  # the ModelOptions it was loaded with
         self.calls = 0
         self.requests = []  # the UpscaleOptions of each image
+
+    def cost(self, outputs, options):
+        from fluxsr_cli.model.architectures import TINY_TRANSFORMER
+        from fluxsr_cli.upscale.estimate import estimate
+
+        return estimate(outputs, 1024, None, TINY_TRANSFORMER, 8, torch.device("cpu"))
 
     def upscale_array(self, rgb: np.ndarray, options, progress=no_progress, notice=None) -> np.ndarray:
         assert rgb.dtype == np.float32 and rgb.shape[2] == 3
@@ -166,6 +173,7 @@ def test_model_options_reach_the_upscaler(tmp_path, loads):
     result = runner.invoke(app, ["batch", str(src), "-o", str(tmp_path / "out"), "--scale", "2", "--seed", "7",
                                  "--color-fix", "none", "--tile", "512", "--model", "./ckpt", "--offline"])
     assert result.exit_code == 0, result.output
+    assert "0.0 MP of output, 1 tile of 1024 px; time unknown on the CPU" in result.output  # the cost, said first
     m, o = loads[0].options, loads[0].requests[0]
     assert (o.scale, o.seed, o.color_fix, o.tile, m.model, m.offline) == (2, 7, "none", "512", "./ckpt", True)
     assert Image.open(tmp_path / "out" / "a.png").size == (96, 64)

@@ -125,7 +125,7 @@ def test_quantize_and_resize() -> None:
 def test_toml_file_holds_the_defaults_and_overrides_reach_stage2() -> None:
     cfg = load_config(DegradeConfig, ROOT / "configs" / "degrade_realesrgan.toml", "degrade")
     assert cfg == DegradeConfig()
-    # the published Real-ESRGAN values (METHOD.md section 6)
+    # the published Real-ESRGAN values (docs/method.md section 6)
     assert cfg.scale == 4 and cfg.final_sinc_prob == 0.8
     assert cfg.stage1.kernel_probs == (0.45, 0.25, 0.12, 0.03, 0.12, 0.03) and cfg.stage1.sinc_prob == 0.1
     assert cfg.stage1.sigma_range == (0.2, 3.0) and cfg.stage2.sigma_range == (0.2, 1.5)

@@ -1,4 +1,4 @@
-"""The straight-flow identities of METHOD.md sections 3 and 4, on random tensors."""
+"""The straight-flow identities of docs/method.md sections 3 and 4, on random tensors."""
 
 import pytest
 import torch

@@ -2,7 +2,7 @@
 
 ``make_pairs`` runs the tiny teacher (the tiny base's own transformer, 28 Euler steps from seeded
 noise), decodes x_0 = D(z_0), degrades it with the Real-ESRGAN pipeline, and encodes the bicubic
-upscale of the LR image: exactly the recipe of METHOD.md section 2, written with the shared code.
+upscale of the LR image: exactly the recipe of docs/method.md section 2, written with the shared code.
 
 The learning proof needs data with something to learn, which a random VAE and a random teacher
 cannot give (their x_0 is noise and z_L keeps nothing of z_0). So ``save_photo_base`` trains the

@@ -1,4 +1,4 @@
-"""The FTD, reconstruction and ADL losses against the identities of METHOD.md sections 3 and 5."""
+"""The FTD, reconstruction and ADL losses against the identities of docs/method.md sections 3 and 5."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ def _latents(seed: int, shape=(3, 16, 6, 4)):
 def test_ftd_equals_scaled_distance_to_sr_velocity(t_l):
     eps, z_0, z_l, v = _latents(1)
     got = ftd_loss(v, eps, z_0, z_l, t_l)
-    expected = (t_l / (1 - t_l)) ** 2 * ((v - (z_l - z_0) / t_l) ** 2).mean()  # METHOD.md section 3, written out
+    expected = (t_l / (1 - t_l)) ** 2 * ((v - (z_l - z_0) / t_l) ** 2).mean()  # docs/method.md section 3, written out
     assert got.item() == pytest.approx(expected.item(), rel=1e-10)
     assert ftd_loss_reference(v, z_0, z_l, t_l).item() == pytest.approx(expected.item(), rel=1e-10)
 

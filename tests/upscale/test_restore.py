@@ -40,7 +40,7 @@ def test_same_input_same_bytes(upscaler, small_photo):
 
 
 def test_restore_latent_is_one_euler_step(upscaler):
-    """z_hat_0 = z_L - T_L v_theta(z_L, T_L), exactly as METHOD.md section 4 writes it."""
+    """z_hat_0 = z_L - T_L v_theta(z_L, T_L), exactly as docs/method.md section 4 writes it."""
     z_l = torch.randn(1, 16, 6, 4, generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         expected = z_l - upscaler.t_l * velocity(upscaler.transformer, z_l, upscaler.t_l, upscaler.cond)
