@@ -34,13 +34,14 @@ def evaluate(
       fluxsr eval out_x4 --gt RealSR/HR --dataset realsr --csv scores.csv
       fluxsr eval out_x4 --metrics psnr,ssim,lpips-vgg --gt hr --device cpu
     """
-    from fluxsr_cli.atomic import check_writable
+    from fluxsr_cli.atomic import check_writable, sweep_temporaries_of
     from fluxsr_cli.quality.evaluate import METRICS, EvalConfig, write_csv, write_json
     from fluxsr_cli.quality.evaluate import evaluate as run_eval
 
     for path in (csv_path, json_path):
         if path is not None:
             check_writable(path, overwrite)
+            sweep_temporaries_of(path)  # what a killed run writing it left
     names = tuple(m.strip().lower() for m in metrics.split(",") if m.strip()) if metrics is not None else None
     config = EvalConfig(pred_dir, gt, scale if crop_border is None else crop_border, names, dataset, device)
     with rich_progress(transient=True) as progress:

@@ -36,6 +36,7 @@ def upscale(
       fluxsr upscale scan.tif -o scan_x4.tif --tile 768 --offload model
       fluxsr upscale in.png -o out.png --model ./my-checkpoint --base ./FLUX.1-dev --offline
     """
+    from fluxsr_cli.atomic import sweep_temporaries_of
     from fluxsr_cli.upscale.batch import WriteOptions, check_job, upscale_file
     from fluxsr_cli.upscale.restore import load_upscaler
 
@@ -46,6 +47,7 @@ def upscale(
     write = WriteOptions(overwrite=overwrite, quality=quality, strip_metadata=strip_metadata,
                          max_pixels=int(max_pixels * 1e6))
     check_job(src, output, scale, write)  # bad input fails before minutes of model loading
+    removed = len(sweep_temporaries_of(output))  # what a killed run of this output left
     start = time.perf_counter()
     with rich_progress(transient=True) as progress:
         upscaler = load_upscaler(loading, progress, notice=note)
@@ -53,4 +55,5 @@ def upscale(
         result = upscale_file(src, output, fn, scale=scale, options=write)
     for message in result.notes:  # what the output could not keep (alpha into JPEG, pages, CMYK, ...)
         note(message)
-    out.print(f"wrote {output} ({result.out_size[0]}x{result.out_size[1]}) in {time.perf_counter() - start:.1f} s")
+    left = f"; removed {removed} temporary file(s) of a killed run" if removed else ""
+    out.print(f"wrote {output} ({result.out_size[0]}x{result.out_size[1]}) in {time.perf_counter() - start:.1f} s{left}")
