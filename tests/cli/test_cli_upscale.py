@@ -12,6 +12,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from fluxsr_cli.cli import app
+from tests.blocked_writer import blocked_writer, posix_only
 from tests.conftest import HUB_MODEL
 
 runner = CliRunner()
@@ -158,3 +159,14 @@ def test_help_shows_examples():
     code, output = _run("upscale", "--help")
     assert code == 0 and "Examples" in output and "--tile" in output
     assert np.all([cmd in _run("--help")[1] for cmd in ("upscale", "batch", "degrade", "pairs", "distill", "eval")])
+
+
+@posix_only
+def test_a_killed_upscale_leaves_only_the_output_after_a_rerun(tiny_ckpt, cat_jpg, tmp_path):
+    out = tmp_path / "out" / "x4.png"
+    args = ["upscale", str(cat_jpg), "-o", str(out), "--model", str(tiny_ckpt)]
+    with blocked_writer(f"from fluxsr_cli.cli import app\napp({args!r})\n", 1, tmp_path / "child") as temp:
+        assert temp.parent == out.parent
+    code, output = _run(*args)
+    assert code == 0 and "removed 1 temporary file(s) of a killed run" in " ".join(output.split()), output
+    assert [p.name for p in out.parent.iterdir()] == ["x4.png"]
