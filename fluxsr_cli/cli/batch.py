@@ -60,6 +60,7 @@ def batch(
       fluxsr batch photos -o photos_x4 --recursive --report report.json
       fluxsr batch scans -o out --include "*.tif" --suffix _x4 --ext png
     """
+    from fluxsr_cli.atomic import sweep_temporaries
     from fluxsr_cli.processes import default_processes
     from fluxsr_cli.upscale.batch import BatchConfig, plan_batch, run_batch
 
@@ -78,7 +79,7 @@ def batch(
     pending = sum(j.status == "pending" for j in jobs)
     if dry_run:
         if main:
-            _print_plan(jobs, config.output_dir)
+            _print_plan(jobs, config.output_dir, sweep_temporaries(config.output_dir, dry_run=True))
         return
     with rich_progress(enabled=None if main else False) as progress:
         fn = None
@@ -112,7 +113,7 @@ def _outputs(jobs, scale: int) -> list[tuple[int, int, str, int]]:
     return found
 
 
-def _print_plan(jobs, output: Path) -> None:
+def _print_plan(jobs, output: Path, temporaries: list[Path]) -> None:
     table = Table(title=f"plan: {len(jobs)} files -> {output}")
     for col in ("input", "output", "action"):
         table.add_column(col)
@@ -120,6 +121,9 @@ def _print_plan(jobs, output: Path) -> None:
         action = "upscale" if j.status == "pending" else f"{j.status}: {j.reason}"
         table.add_row(j.rel, j.dst.relative_to(output).as_posix(), action)
     out.print(table)
+    for path in temporaries:  # what killed runs left: one greppable line each
+        out.print(f"remove: {path} (temporary file of a killed run)", soft_wrap=True, markup=False,
+                  highlight=False)
 
 
 def _print_report(report) -> None:
@@ -139,8 +143,8 @@ def _print_report(report) -> None:
     done = [f for f in report.files if f.status == "done"]
     per_image = sum(f.seconds for f in done) / len(done) if done else 0.0
     summary = Table(title="fluxsr batch")
-    for col in ("done", "skipped", "failed", "time", "per image"):
+    for col in ("done", "skipped", "failed", "time", "per image", "temporaries removed"):
         summary.add_column(col, justify="right")
     summary.add_row(str(report.done), str(report.skipped), f"[red]{report.failed}[/]" if report.failed else "0",
-                    f"{report.seconds:.1f} s", f"{per_image:.2f} s")
+                    f"{report.seconds:.1f} s", f"{per_image:.2f} s", str(report.removed))
     out.print(summary)

@@ -56,6 +56,7 @@ def degrade(
     table.add_row("written", str(result.written))
     table.add_row("skipped (already there)", str(result.skipped))
     table.add_row("failed", str(len(result.failed)))
+    table.add_row("temporaries of killed runs removed", str(result.removed))
     table.add_row("time", f"{result.seconds:.1f} s")
     table.add_row("records", str(result.records))
     out.print(table)

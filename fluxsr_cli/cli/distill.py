@@ -42,7 +42,8 @@ def distill(
                              notice=lambda m: console.print(f"[yellow]note:[/] {m}"))
     from rich.table import Table
 
-    table = Table(title=f"distill: {result.run_dir}")
+    table = Table(title=f"distill: {result.run_dir}",
+                  caption=f"temporaries of killed runs removed: {result.removed}")
     for col in ("step", "loss", "ftd", "rec", "adl", "lr"):
         table.add_column(col, justify="right")
     for rec in result.history[-3:]:

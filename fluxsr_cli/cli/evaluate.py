@@ -38,7 +38,7 @@ def evaluate(
       fluxsr eval out_x4 --metrics psnr,ssim,lpips-vgg --gt hr --device cpu
       fluxsr eval out_x4 --gt hr --grid worst_best.png
     """
-    from fluxsr_cli.atomic import check_writable
+    from fluxsr_cli.atomic import check_writable, sweep_temporaries_of
     from fluxsr_cli.quality.evaluate import METRICS, EvalConfig, write_csv, write_json
     from fluxsr_cli.quality.evaluate import evaluate as run_eval
     from fluxsr_cli.quality.grid import check_grid, write_grid
@@ -46,6 +46,7 @@ def evaluate(
     for path in (csv_path, json_path):
         if path is not None:
             check_writable(path, overwrite)
+            sweep_temporaries_of(path)  # what a killed run writing it left
     names = tuple(m.strip().lower() for m in metrics.split(",") if m.strip()) if metrics is not None else None
     if grid is not None:
         check_grid(grid, gt, names, overwrite)  # before minutes of scoring

@@ -44,7 +44,7 @@ def upscale(
       fluxsr upscale in.png -o out.png --model ./my-checkpoint --base ./FLUX.1-dev --offline
       fluxsr upscale photo.jpg -o photo_x4.png --compare photo_vs_bicubic.png
     """
-    from fluxsr_cli.atomic import check_writable
+    from fluxsr_cli.atomic import check_writable, sweep_temporaries_of
     from fluxsr_cli.upscale.batch import WriteOptions, check_job, upscale_file
     from fluxsr_cli.upscale.restore import load_upscaler
 
@@ -60,6 +60,8 @@ def upscale(
         if compare.resolve() == output.resolve():
             raise InputError(f"{compare}: --compare must name another file than -o")
         check_writable(compare, overwrite)
+    removed = len(sweep_temporaries_of(output))  # what a killed run of this output left
+    removed += len(sweep_temporaries_of(compare)) if compare is not None else 0
     start = time.perf_counter()
     with rich_progress(transient=True) as progress:
         upscaler = load_upscaler(loading, progress, notice=note)
@@ -70,7 +72,8 @@ def upscale(
         result = upscale_file(src, output, fn, scale=scale, options=write)
     for message in result.notes:  # what the output could not keep (alpha into JPEG, pages, CMYK, ...)
         note(message)
-    out.print(f"wrote {output} ({result.out_size[0]}x{result.out_size[1]}) in {time.perf_counter() - start:.1f} s")
+    left = f"; removed {removed} temporary file(s) of a killed run" if removed else ""
+    out.print(f"wrote {output} ({result.out_size[0]}x{result.out_size[1]}) in {time.perf_counter() - start:.1f} s{left}")
     if compare is not None:
         from fluxsr_cli.upscale.comparison import write_comparison
 

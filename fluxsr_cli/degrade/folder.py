@@ -6,9 +6,11 @@ finished image appends one JSON line: ``file`` (relative path of the HQ image), 
 path of the LR PNG), ``seed``, ``hq_size``, ``lq_size`` and every drawn parameter
 (:meth:`fluxsr_cli.degrade.pipeline.Degradation.to_dict`).
 
-Resumable: an LR PNG that exists is skipped unless ``overwrite``; the settings and root seed are
-saved in ``degrade_config.toml`` beside the outputs, and a rerun with other settings into the same
-folder is refused (pass ``overwrite`` to start it over). Unreadable images are reported and skipped.
+Resumable: the temporaries a killed run left are removed first
+(:func:`fluxsr_cli.atomic.sweep_temporaries`), an LR PNG that exists is skipped unless ``overwrite``;
+the settings and root seed are saved in ``degrade_config.toml`` beside the outputs, and a rerun with
+other settings into the same folder is refused (pass ``overwrite`` to start it over). Unreadable
+images are reported and skipped.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fluxsr_cli.atomic import atomic_path, atomic_write_text
+from fluxsr_cli.atomic import atomic_path, atomic_write_text, sweep_temporaries
 from fluxsr_cli.configs import dumps_toml, read_toml, to_dict
 from fluxsr_cli.degrade.config import DegradeConfig
 from fluxsr_cli.errors import InputError
@@ -43,6 +45,7 @@ class FolderResult:
     failed: list[tuple[str, str]] = field(default_factory=list)  # (relative path, reason)
     unrecorded: list[str] = field(default_factory=list)  # existing LR images without a record line
     seconds: float = 0.0
+    removed: int = 0  # temporaries of earlier (killed) runs removed first
 
     @property
     def records(self) -> Path:
@@ -135,7 +138,7 @@ def degrade_folder(
     from fluxsr_cli.degrade.ops import to_uint8
     from fluxsr_cli.degrade.pipeline import degrade
 
-    start = time.perf_counter()
+    start, started = time.perf_counter(), time.time()
     hq_dir, lq_dir = Path(hq_dir), Path(lq_dir)
     if not 0 <= seed < 2**63:
         raise InputError(f"seed {seed} is out of range; use an integer in [0, 2^63)")
@@ -156,6 +159,7 @@ def degrade_folder(
         raise InputError(f"{hq_dir}: {' and '.join(both)} would both be written as {sorted(clashes)[0]}; rename one")
 
     lq_dir.mkdir(parents=True, exist_ok=True)
+    removed = len(sweep_temporaries(lq_dir, started=started))
     _check_settings(lq_dir, config, seed, overwrite)
     records_path = lq_dir / RECORDS_NAME
     if overwrite and records_path.exists():
@@ -187,4 +191,5 @@ def degrade_folder(
             except InputError as e:
                 failed.append((rel, str(e)))
         progress("images", i + 1, len(files))
-    return FolderResult(lq_dir, len(files), written, skipped, failed, unrecorded, time.perf_counter() - start)
+    return FolderResult(lq_dir, len(files), written, skipped, failed, unrecorded, time.perf_counter() - start,
+                        removed)

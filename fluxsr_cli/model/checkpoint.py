@@ -15,15 +15,14 @@ the LoRA is :mod:`fluxsr_cli.model.loading`.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from fluxsr_cli.atomic import finish_temporary, make_temporary, sweep_temporaries_of
 from fluxsr_cli.errors import CheckpointError, ConfigError
 from fluxsr_cli.model.hub import DEFAULT_BASE, resolve
 from fluxsr_cli.progress import Notice, no_notice
@@ -198,6 +197,8 @@ def save_checkpoint(out_dir: Path, info: CheckpointInfo, embeddings: dict[str, t
                     overwrite: bool = False) -> Path:
     """Write a fluxsr-format checkpoint folder atomically (a temporary folder renamed into place).
 
+    The temporaries that killed exports of ``out_dir`` left are removed first.
+
     ``lora_state_dict`` uses peft keys without the ``transformer.`` prefix (as
     ``peft.get_peft_model_state_dict`` returns them); it is saved in diffusers' LoRA layout.
     """
@@ -210,7 +211,8 @@ def save_checkpoint(out_dir: Path, info: CheckpointInfo, embeddings: dict[str, t
     if (lora_state_dict is None) == (transformer is None):
         raise ValueError("give exactly one of lora_state_dict and transformer")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    sweep_temporaries_of(out_dir)
+    tmp = make_temporary(out_dir, folder=True)
     try:
         (tmp / "fluxsr.json").write_text(json.dumps(asdict(info), indent=2) + "\n")
         save_file({k: v.detach().contiguous().cpu() for k, v in embeddings.items()}, str(tmp / "embeddings.safetensors"))
@@ -223,8 +225,8 @@ def save_checkpoint(out_dir: Path, info: CheckpointInfo, embeddings: dict[str, t
             transformer.save_pretrained(str(tmp / "transformer"))
         if out_dir.exists():
             shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
+        finish_temporary(tmp, out_dir)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        finish_temporary(tmp)
         raise
     return out_dir

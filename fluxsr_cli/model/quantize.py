@@ -30,7 +30,6 @@ import importlib.metadata
 import json
 import os
 import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -38,6 +37,7 @@ from typing import Any
 
 import torch
 
+from fluxsr_cli.atomic import finish_temporary, make_temporary, sweep_temporaries_of
 from fluxsr_cli.errors import CheckpointError, ConfigError, ResourceError, one_line
 from fluxsr_cli.model.loading import ADAPTER_NAME, apply_lora, fuse_lora_fp32, load_transformer
 from fluxsr_cli.progress import Notice, ProgressFn, no_notice, no_progress
@@ -167,6 +167,8 @@ def list_cache(root: Path | None = None) -> list[CacheEntry]:
     root = root or cache_root()
     found = []
     for info in sorted(root.glob(f"*/{CACHE_INFO}")) if root.is_dir() else []:
+        if info.parent.name.startswith("."):  # a build under way (or killed)
+            continue
         try:
             data = json.loads(info.read_text())
             entry = CacheEntry(**{k: v for k, v in data.items() if k in CacheEntry.__dataclass_fields__})
@@ -227,7 +229,10 @@ def load_quantized_transformer(source: Path, lora_file: Path | None, mode: str, 
         return _from_pretrained(entry / "transformer", dtype, device), False
     notice(f"building the {mode} transformer once (fusing the LoRA, quantizing); it is kept in {entry}")
     cache.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=cache))
+    removed = sweep_temporaries_of(entry)  # what a killed build of this entry left (tens of GB)
+    if removed:
+        notice(f"removed {len(removed)} unfinished build(s) of {key} left by a killed run")
+    work = make_temporary(entry, folder=True)
     try:
         progress("quantize", 0, 3)
         if lora_file is None and source.is_dir():  # nothing to fuse: quantized straight from the source
@@ -249,12 +254,10 @@ def load_quantized_transformer(source: Path, lora_file: Path | None, mode: str, 
                           str(lora_file) if lora_file is not None else None, lora_sha, library,
                           time.strftime("%Y-%m-%dT%H:%M:%S"))
         (work / CACHE_INFO).write_text(json.dumps(asdict(info), indent=2) + "\n")
-        if (entry / CACHE_INFO).is_file():  # another process finished the same entry first
-            shutil.rmtree(work)
-        else:
-            os.replace(work, entry)
+        # another process may have finished the same entry first: then this build is dropped
+        finish_temporary(work, None if (entry / CACHE_INFO).is_file() else entry)
         progress("quantize", 3, 3)
     except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
+        finish_temporary(work)
         raise
     return model, True

@@ -8,13 +8,13 @@ accelerate state: with LoRA training only the LoRA, ``lora.safetensors``, never 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from fluxsr_cli.atomic import finish_temporary, make_temporary
 from fluxsr_cli.errors import CheckpointError, InputError
 from fluxsr_cli.progress import Notice
 from fluxsr_cli.train.config import DistillConfig, load_distill_config, lora_config
@@ -48,23 +48,34 @@ def resume_point(run_dir: Path, resume: str | None, notice: Notice) -> Path | No
 
 
 def save_training_state(accelerator: Any, run_dir: Path, step: int, keep_last: int) -> Path:
-    """accelerate state of ``step`` written to a temporary folder and renamed into place; old ones pruned."""
+    """accelerate state of ``step`` written to a temporary folder and renamed into place; old ones pruned.
+
+    The main process makes the temporary folder (named for it, see :mod:`fluxsr_cli.atomic`) and
+    tells the others its name; every process writes its part of the state into it.
+    """
+    from accelerate.utils import broadcast_object_list
+
     folder = Path(run_dir) / "checkpoints"
     final = folder / f"step-{step:07d}"
-    tmp = folder / f".tmp-step-{step:07d}"
+    name: list[str | None] = [None]
     if accelerator.is_main_process:
         folder.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(tmp, ignore_errors=True)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        (tmp / STATE_FILE).write_text(json.dumps({"step": step}) + "\n")
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        for old in list_checkpoints(run_dir)[:-keep_last]:
-            shutil.rmtree(old, ignore_errors=True)
+        name[0] = make_temporary(final, folder=True).name
+    tmp = folder / broadcast_object_list(name)[0]
+    try:
+        accelerator.save_state(str(tmp))
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            (tmp / STATE_FILE).write_text(json.dumps({"step": step}) + "\n")
+            if final.exists():
+                shutil.rmtree(final)
+            finish_temporary(tmp, final)
+            for old in list_checkpoints(run_dir)[:-keep_last]:
+                shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        if accelerator.is_main_process:
+            finish_temporary(tmp)
+        raise
     accelerator.wait_for_everyone()
     return final
 

@@ -48,6 +48,7 @@ class DistillResult:
     history: list[dict[str, float]] = field(default_factory=list)  # one entry per optimizer step
     validation: list[dict[str, float]] = field(default_factory=list)
     exported: Path | None = None
+    removed: int = 0  # temporaries of killed runs removed from the run folder first
     student: Student | None = None  # the trained student (unwrapped), for evaluation in the same process
 
 
@@ -56,11 +57,15 @@ def distill(config: DistillConfig, resume: str | None = None, progress: Progress
     """Train the one-step student on ``config.data``; returns the history (and the export, if asked).
 
     ``resume``: ``"latest"`` (the newest checkpoint of ``config.output_dir``; none: start fresh) or a
-    checkpoint folder. A fresh start refuses a run folder that already holds checkpoints.
+    checkpoint folder. A fresh start refuses a run folder that already holds checkpoints. First the
+    main process removes the temporaries killed runs left in the run folder (unfinished checkpoints too).
     """
     from accelerate import Accelerator
     from accelerate.utils import ProjectConfiguration
 
+    from fluxsr_cli.atomic import sweep_temporaries
+
+    started = time.time()
     run_dir = Path(config.output_dir)
     start_from = resume_point(run_dir, resume, notice)
     if start_from is None and list_checkpoints(run_dir):
@@ -75,6 +80,8 @@ def distill(config: DistillConfig, resume: str | None = None, progress: Progress
         step_scheduler_with_optimizer=False,
         cpu=config.cpu,
     )
+    removed = len(sweep_temporaries(run_dir, started=started)) if accelerator.is_main_process else 0
+    accelerator.wait_for_everyone()
     setup = _setup(config, accelerator, run_dir, notice)
     student, vae, optimizer, scheduler, params = setup["student"], setup["vae"], setup["optimizer"], \
         setup["scheduler"], setup["params"]
@@ -90,7 +97,7 @@ def distill(config: DistillConfig, resume: str | None = None, progress: Progress
 
     dataset, train_ids, val_ids = setup["dataset"], setup["train_ids"], setup["val_ids"]
     weights = config.weights
-    result = DistillResult(run_dir, step)
+    result = DistillResult(run_dir, step, removed=removed)
     rank, world = accelerator.process_index, accelerator.num_processes
     micro = step * config.gradient_accumulation
     progress("steps", step, config.max_steps)

@@ -12,7 +12,8 @@ For every item i of the data set (format in :mod:`fluxsr_cli.train.dataset`)::
 The prompt embeddings (and the student's fixed conditioning) are computed first with the text encoders
 alone; those are then freed and only the transformer and VAE are loaded for generation. Every file is
 written atomically and an item counts as finished once its manifest line is in its rank's part file
-(``parts/manifest-RRRRR.jsonl``), so a killed run restarted skips what is done and gives the same bytes.
+(``parts/manifest-RRRRR.jsonl``), so a killed run restarted skips what is done and gives the same bytes;
+its main process first removes the temporaries the killed run left (:func:`fluxsr_cli.atomic.sweep_temporaries`).
 Items are split across processes by ``index % world_size``; the main process merges the parts into
 ``manifest.jsonl``, sorted by index.
 """
@@ -31,7 +32,7 @@ from typing import Any
 
 import torch
 
-from fluxsr_cli.atomic import atomic_write_text
+from fluxsr_cli.atomic import atomic_write_text, sweep_temporaries
 from fluxsr_cli.configs import dumps_toml
 from fluxsr_cli.errors import CheckpointError, ConfigError, InputError
 from fluxsr_cli.model.hub import DEFAULT_BASE
@@ -110,6 +111,7 @@ class PairsSummary:
     merged: bool
     seconds: float
     disk_bytes: int
+    removed: int = 0  # temporaries of killed runs removed first (by the main process)
 
     @property
     def seconds_per_pair(self) -> float:
@@ -357,10 +359,13 @@ def make_item(index: int, seed: int, prompt: str, embeds: tuple[torch.Tensor, to
 def generate_pairs(config: PairsConfig, progress: ProgressFn = no_progress, notice: Notice = no_notice,
                    rank: int | None = None, world_size: int | None = None) -> PairsSummary:
     """Generate (or finish) the pairs data set of ``config`` for this process; see the module docstring."""
-    start = time.perf_counter()
+    start, started = time.perf_counter(), time.time()
     prompts, degradation = check_inputs(config)  # before any model is loaded
     rank, world_size, procs = _process(rank, world_size)
     root = Path(config.output)
+    removed = len(sweep_temporaries(root, started=started)) if rank == 0 else 0
+    if procs is not None:
+        procs.wait()  # the killed runs' temporaries are gone before any process writes
     done = finished_items(root)
     mine = assigned_indices(config.num_pairs, rank, world_size)
     todo = [i for i in mine if i not in done]
@@ -389,7 +394,7 @@ def generate_pairs(config: PairsConfig, progress: ProgressFn = no_progress, noti
         atomic_write_text(root / "pairs.toml", record)  # after success: the settings of the whole data set
     return PairsSummary(root, rank, world_size, len(mine), len(mine) - len(todo), generated, count, merged,
                         time.perf_counter() - start,
-                        sum(p.stat().st_size for p in root.rglob("*") if p.is_file()))
+                        sum(p.stat().st_size for p in root.rglob("*") if p.is_file()), removed)
 
 
 def _generate(config: PairsConfig, prompts: list[str], degradation: Any, todo: list[int], need_embeddings: bool,

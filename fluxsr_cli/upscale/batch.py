@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from fluxsr_cli.atomic import atomic_write_text, check_writable
+from fluxsr_cli.atomic import atomic_write_text, check_writable, sweep_temporaries, sweep_temporaries_of
 from fluxsr_cli.errors import ConfigError, FluxSRError, InputError, one_line
 from fluxsr_cli.images.reading import READ_SUFFIXES, image_size, read_image
 from fluxsr_cli.images.writing import WRITE_FORMATS, write_image
@@ -123,6 +123,7 @@ class BatchReport:
     files: list[FileResult]
     seconds: float = 0.0
     processes: int = 1
+    removed: int = 0  # temporaries of earlier (killed) runs removed before this one started
 
     def count(self, status: Status) -> int:
         return sum(f.status == status for f in self.files)
@@ -142,7 +143,8 @@ class BatchReport:
     def to_dict(self) -> dict[str, Any]:
         return {
             "summary": {"done": self.done, "skipped": self.skipped, "failed": self.failed,
-                        "seconds": round(self.seconds, 3), "processes": self.processes},
+                        "seconds": round(self.seconds, 3), "processes": self.processes,
+                        "removed_temporaries": self.removed},
             "files": [f.to_dict() for f in self.files],
         }
 
@@ -323,17 +325,22 @@ def run_batch(config: BatchConfig, fn: UpscaleFn | None, progress: ProgressFn = 
     """Upscale every pending file of ``config`` with ``fn``; return the merged report.
 
     ``jobs`` is :func:`plan_batch`'s result when the caller planned already (to skip loading a model
-    when nothing is pending; ``fn`` may then be None). Pending files are split across
-    ``processes``; every process returns the same merged report, and the first writes
+    when nothing is pending; ``fn`` may then be None). First the main process removes what killed
+    runs left in the output folder (:func:`fluxsr_cli.atomic.sweep_temporaries`). Pending files are
+    split across ``processes``; every process returns the same merged report, and the first writes
     ``config.report``. A file that fails is recorded with its reason and the batch goes on.
     """
-    start = time.perf_counter()
+    start, started = time.perf_counter(), time.time()
     processes = processes or default_processes()
     jobs = plan_batch(config) if jobs is None else jobs
     pending = [j for j in jobs if j.status == "pending"]
     if pending and fn is None:
         raise ValueError("run_batch: fn is None but files are pending")
-    processes.wait()  # every process has planned before any output appears
+    removed = 0
+    if processes.index == 0:
+        removed = len(sweep_temporaries(config.output_dir, started=started))
+        removed += len(sweep_temporaries_of(config.report, started=started)) if config.report is not None else 0
+    processes.wait()  # every process has planned (and the old temporaries are gone) before any output appears
     mine = processes.split(pending)
     options = config.output_options()
     results: list[FileResult] = []
@@ -345,9 +352,10 @@ def run_batch(config: BatchConfig, fn: UpscaleFn | None, progress: ProgressFn = 
             progress("files", i + 1, len(mine))
     except KeyboardInterrupt:  # one process: the report says what was done before Ctrl-C, then stop
         if config.report is not None and processes.count == 1:
-            _merge(jobs, [(results, time.perf_counter() - start)], 1, interrupted=True).save(config.report, config)
+            _merge(jobs, [(results, time.perf_counter() - start, removed)], 1, interrupted=True).save(
+                config.report, config)
         raise
-    gathered = processes.gather((results, time.perf_counter() - start))
+    gathered = processes.gather((results, time.perf_counter() - start, removed))
     report = _merge(jobs, gathered, processes.count)
     if config.report is not None and processes.index == 0:
         report.save(config.report, config)
@@ -356,14 +364,15 @@ def run_batch(config: BatchConfig, fn: UpscaleFn | None, progress: ProgressFn = 
 
 def _merge(jobs: list[Job], gathered: list, processes: int, interrupted: bool = False) -> BatchReport:
     """Every job's result in input order; a pending job nobody ran keeps its plan (or says it was interrupted)."""
-    done = {r.src: r for part, _ in gathered for r in part}
+    done = {r.src: r for part, _, _ in gathered for r in part}
 
     def planned(j: Job) -> FileResult:
         reason = "interrupted before this file (rerun to resume)" if interrupted and j.status == "pending" else j.reason
         return FileResult(src=str(j.src), dst=str(j.dst), status=j.status, reason=reason, rel=j.rel)
 
     files = [done.get(str(j.src)) or planned(j) for j in jobs]
-    return BatchReport(files=files, seconds=max(s for _, s in gathered), processes=processes)
+    return BatchReport(files=files, seconds=max(s for _, s, _ in gathered), processes=processes,
+                       removed=sum(n for _, _, n in gathered))
 
 
 def _run_one(job: Job, fn: UpscaleFn, scale: int, options: WriteOptions, rank: int) -> FileResult:

@@ -7,6 +7,7 @@ the tiny checkpoint lives with the restore tests.
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -18,8 +19,10 @@ from PIL import Image
 from typer.testing import CliRunner
 
 import fluxsr_cli.upscale.restore
+from fluxsr_cli.atomic import parse_temporary
 from fluxsr_cli.cli import app
 from fluxsr_cli.progress import no_progress
+from tests.blocked_writer import blocked_writer, listing, posix_only
 from tests.images.test_imageio import (
     make_16bit_grey,
     make_16bit_rgb,
@@ -201,3 +204,48 @@ def test_bad_folder_is_one_line_error_without_loading(tmp_path, loads):
     assert len(result.output.strip().splitlines()) == 1 and not loads
     bad = runner.invoke(app, ["batch", str(tmp_path), "-o", str(tmp_path / "out"), "--ext", "gif"])
     assert bad.exit_code == 2 and "ext" in bad.output
+
+
+BATCH_CHILD = """
+import cv2, numpy as np
+from fluxsr_cli.upscale.batch import BatchConfig, run_batch
+
+def bicubic(rgb):  # FakeUpscaler's
+    h, w = rgb.shape[:2]
+    return np.clip(cv2.resize(rgb, (w * 4, h * 4), interpolation=cv2.INTER_CUBIC), 0, 1)
+
+run_batch(BatchConfig({src!r}, {out!r}), bicubic)
+"""
+
+
+def removed(output: str) -> int:
+    """The "temporaries removed" column of the final table."""
+    row = re.search(r"[\d.]+ s\s*│\s*[\d.]+ s\s*│\s*(\d+)\s*│", output)
+    assert row, output
+    return int(row[1])
+
+
+@posix_only
+def test_a_killed_batch_leaves_only_its_outputs_after_a_rerun(tmp_path, loads):
+    src = tmp_path / "in"
+    src.mkdir()
+    for name in ("astronaut", "coffee", "chelsea"):
+        Image.fromarray(photo(name)).save(src / f"{name}.png")
+    reference = runner.invoke(app, ["batch", str(src), "-o", str(tmp_path / "ref")])
+    assert reference.exit_code == 0 and removed(reference.stdout) == 0
+    out = tmp_path / "out"
+    args = ["batch", str(src), "-o", str(out)]
+
+    with blocked_writer(BATCH_CHILD.format(src=str(src), out=str(out)), 2, tmp_path) as temp:
+        assert temp.parent == out and parse_temporary(temp.name).pid != os.getpid()
+        live = runner.invoke(app, args)  # the writer still runs: its temporary is left alone
+        assert live.exit_code == 0 and summary(live.stdout) == (2, 1, 0) and removed(live.stdout) == 0
+        assert temp.exists()
+        assert temp.name not in runner.invoke(app, [*args, "--dry-run"]).stdout
+    # killed: no exception ran, the half-written temporary is still there
+    assert temp.exists() and temp.stat().st_size > 0
+    dry = runner.invoke(app, [*args, "--dry-run"])
+    assert dry.exit_code == 0 and temp.name in dry.stdout and "killed run" in dry.stdout and temp.exists()
+    rerun = runner.invoke(app, args)
+    assert rerun.exit_code == 0 and summary(rerun.stdout) == (0, 3, 0) and removed(rerun.stdout) == 1
+    assert listing(out) == listing(tmp_path / "ref")

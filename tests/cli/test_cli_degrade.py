@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,7 @@ from typer.testing import CliRunner
 
 from fluxsr_cli.cli import app
 from fluxsr_cli.degrade.folder import RECORDS_NAME, image_seed
+from tests.blocked_writer import blocked_writer, listing, posix_only
 
 runner = CliRunner()
 
@@ -103,3 +105,18 @@ def test_config_file_and_errors(hq: Path, tmp_path: Path) -> None:
     empty.mkdir()
     none = runner.invoke(app, ["degrade", str(empty), "-o", str(tmp_path / "f")])
     assert none.exit_code == 2 and "no images" in none.output
+
+
+@posix_only
+def test_a_killed_run_leaves_only_its_outputs_after_a_rerun(hq: Path, tmp_path: Path) -> None:
+    reference = runner.invoke(app, ["degrade", str(hq), "-o", str(tmp_path / "ref"), "--seed", "5"])
+    assert reference.exit_code == 1, reference.output  # broken.png
+    lq = tmp_path / "lq"
+    child = f"from fluxsr_cli.cli import app\napp(['degrade', {str(hq)!r}, '-o', {str(lq)!r}, '--seed', '5'])\n"
+    with blocked_writer(child, 2, tmp_path / "child") as temp:  # astronaut written, coffee half-written
+        assert temp.parent == lq and temp.suffix == ".png"
+    assert temp.exists() and (lq / "astronaut.png").exists() and not (lq / "coffee.png").exists()
+    rerun = runner.invoke(app, ["degrade", str(hq), "-o", str(lq), "--seed", "5"])
+    assert rerun.exit_code == 1, rerun.output
+    assert re.search(r"temporaries of killed runs removed\s*│\s*1\b", rerun.output), rerun.output
+    assert listing(lq) == listing(tmp_path / "ref")

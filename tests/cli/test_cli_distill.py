@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 from typer.testing import CliRunner
 
+from fluxsr_cli.atomic import parse_temporary
 from fluxsr_cli.cli import app
+from fluxsr_cli.train.checkpoints import list_checkpoints
+from tests.blocked_writer import REPO, blocked_writer, posix_only
 from tests.train.distill_data import ensure_reader, make_pairs
 
 ensure_reader()
@@ -56,3 +62,26 @@ def test_errors_are_one_line(pairs, tiny_base, tmp_path):
     assert unknown.exit_code == 2 and "lora_rnk" in unknown.output
     not_run = runner.invoke(app, ["distill", "export", str(tmp_path), "-o", str(tmp_path / "x")])
     assert not_run.exit_code == 2 and "distill.toml" in not_run.output
+
+
+@posix_only
+def test_a_run_killed_while_checkpointing_resumes_without_its_temporary(pairs, tiny_base, tmp_path):
+    config = _toml(tmp_path, pairs, tiny_base)
+    checkpoints = tmp_path / "run" / "checkpoints"
+    child = f"from fluxsr_cli.cli import app\napp(['distill', '--config', {str(config)!r}])\n"
+    with blocked_writer(child, 2, tmp_path / "child", writer="accelerate:Accelerator.save_state") as temp:
+        assert temp.parent == checkpoints and parse_temporary(temp.name).label == "step-0000002"
+    assert temp.is_dir() and [p.name for p in list_checkpoints(tmp_path / "run")] == ["step-0000001"]
+    again = runner.invoke(app, ["distill", "--config", str(config), "--resume", "latest"])
+    assert again.exit_code == 0, again.output
+    assert "temporaries of killed runs removed: 1" in again.output
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["step-0000001", "step-0000002"]
+    assert not [p for p in (tmp_path / "run").rglob(".*")]
+    # an export whose process died half-way: the next export of that folder removes its temporary
+    out = tmp_path / "ckpt"
+    died = f"from fluxsr_cli.atomic import make_temporary\nmake_temporary({str(out)!r}, folder=True)"
+    subprocess.run([sys.executable, "-c", died], check=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert len(list(tmp_path.glob(".ckpt.fluxsr-part.*"))) == 1
+    exported = runner.invoke(app, ["distill", "export", str(tmp_path / "run"), "-o", str(out)])
+    assert exported.exit_code == 0, exported.output
+    assert not list(tmp_path.glob(".*")) and (out / "fluxsr.json").is_file()

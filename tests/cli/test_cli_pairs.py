@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
 from fluxsr_cli.cli import app
+from tests.blocked_writer import blocked_writer, listing, posix_only
 
 runner = CliRunner()
 
@@ -71,3 +73,20 @@ def test_bad_settings_are_one_line_errors(ftd_toml, tmp_path, args, words):
 def test_missing_config_file(tmp_path):
     result = runner.invoke(app, ["pairs", "--config", str(tmp_path / "nope.toml")])
     assert result.exit_code == 2 and "config file not found" in result.output
+
+
+@posix_only
+def test_a_killed_run_leaves_only_its_outputs_after_a_rerun(ftd_toml, tmp_path, monkeypatch):
+    args = ["pairs", "--config", str(ftd_toml), "--set", "output=data"]  # relative: the same pairs.toml
+    (tmp_path / "ref").mkdir()
+    monkeypatch.chdir(tmp_path / "ref")
+    assert runner.invoke(app, args).exit_code == 0
+    killed = tmp_path / "killed"
+    with blocked_writer(f"from fluxsr_cli.cli import app\napp({args!r})\n", 3, killed) as temp:
+        assert temp.parent == killed / "data" / "hq"  # item 0 is finished, item 1's HQ image half-written
+    monkeypatch.chdir(killed)
+    rerun = runner.invoke(app, args)
+    assert rerun.exit_code == 0, rerun.output
+    assert re.search(r"already finished\s*│\s*1\b", rerun.output), rerun.output
+    assert re.search(r"temporaries of killed runs removed\s*│\s*1\b", rerun.output), rerun.output
+    assert listing(killed / "data") == listing(tmp_path / "ref" / "data")

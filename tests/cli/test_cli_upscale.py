@@ -12,6 +12,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from fluxsr_cli.cli import app
+from tests.blocked_writer import blocked_writer, posix_only
 from tests.conftest import HUB_MODEL
 
 runner = CliRunner()
@@ -188,3 +189,14 @@ def test_compare_is_checked_before_the_model_loads(tiny_ckpt, cat_jpg, tmp_path)
     code, output = _run("upscale", cat_jpg, "-o", tmp_path / "o.png", "--model", tiny_ckpt,
                         "--compare", tmp_path / "o.png")
     assert code == 2 and "--compare must name another file" in output
+
+
+@posix_only
+def test_a_killed_upscale_leaves_only_the_output_after_a_rerun(tiny_ckpt, cat_jpg, tmp_path):
+    out = tmp_path / "out" / "x4.png"
+    args = ["upscale", str(cat_jpg), "-o", str(out), "--model", str(tiny_ckpt)]
+    with blocked_writer(f"from fluxsr_cli.cli import app\napp({args!r})\n", 1, tmp_path / "child") as temp:
+        assert temp.parent == out.parent
+    code, output = _run(*args)
+    assert code == 0 and "removed 1 temporary file(s) of a killed run" in " ".join(output.split()), output
+    assert [p.name for p in out.parent.iterdir()] == ["x4.png"]

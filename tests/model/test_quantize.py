@@ -181,3 +181,25 @@ def test_unquantized_mode_loads_as_before(tiny_ckpt):
     up = load_upscaler(ModelOptions(model=str(tiny_ckpt), device="cpu"))
     assert getattr(up.transformer, "hf_quantizer", None) is None
     assert up.upscale_array(np.zeros((8, 8, 3), np.float32), UpscaleOptions(scale=2)).shape == (16, 16, 3)
+
+
+def test_a_killed_build_is_cleared_before_the_next(tiny_ckpt, tiny_base, cache):
+    """A build killed half way leaves a temporary folder (tens of GB for the real model) in the cache:
+    the next build of that entry removes it first."""
+    import subprocess
+    import sys
+
+    from fluxsr_cli.atomic import temporary_name, this_host
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(gone.stdout)
+    library = f"torchao=={quantize.library_version('fp8')}"
+    key = quantize.cache_key(quantize._source_id(tiny_base), quantize.file_sha256(tiny_ckpt / "lora.safetensors"),
+                             "fp8", torch.float32, library)
+    leftover = cache / temporary_name(key, host=this_host(), pid=dead_pid)
+    (leftover / "fused").mkdir(parents=True)
+    (leftover / "fused" / "diffusion_pytorch_model.safetensors").write_bytes(b"half of 24 GB")
+    notes: list[str] = []
+    load_upscaler(ModelOptions(model=str(tiny_ckpt), device="cpu", quantize="fp8"), notice=notes.append)
+    assert not leftover.exists() and any("unfinished build" in n for n in notes)
+    assert [p.name for p in cache.iterdir()] == [key]

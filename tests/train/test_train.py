@@ -60,7 +60,7 @@ def test_checkpoints_are_pruned_atomic_and_hold_only_the_lora(pairs, tiny_base, 
     distill(cfg)
     names = [p.name for p in list_checkpoints(cfg.output_dir)]
     assert names == ["step-0000003", "step-0000004"]
-    assert not list((cfg.output_dir / "checkpoints").glob(".tmp-*"))
+    assert not list((cfg.output_dir / "checkpoints").glob(".*"))  # no temporary folder left
     files = {p.name for p in (cfg.output_dir / "checkpoints" / names[-1]).iterdir()}
     assert "lora.safetensors" in files and "optimizer.bin" in files and "trainer_state.json" in files
     assert not any(f.startswith("model") for f in files)  # no frozen base weights in the checkpoints
