@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from fluxsr_cli.cli.common import console, handle_errors, out, rich_progress
+from fluxsr_cli.cli.common import console, handle_errors, labelled, out, rich_progress
 
 
 @handle_errors
@@ -27,30 +27,36 @@ def evaluate(
     json_path: Annotated[Path | None, typer.Option("--json", help="Write per-image results and means as JSON.")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing --csv/--json files.")] = False,
     device: Annotated[str, typer.Option("--device", help="Device for the learned metrics: auto, cpu, cuda, ...")] = "auto",
+    weights_dir: Annotated[Path | None, typer.Option(
+        "--weights-dir", help="Folder of the LPIPS weight files (fetched there once when missing) "
+        "\\[default: $FLUXSR_WEIGHTS_DIR, else torch hub's checkpoints folder].", show_default=False)] = None,
 ) -> None:
-    """Score outputs: PSNR/SSIM on Y, LPIPS, DISTS with --gt; MUSIQ, MANIQA, TOPIQ, CLIPIQA, NIQE always.
+    """Score outputs: PSNR/SSIM on Y, LPIPS-Alex, LPIPS-VGG (and DISTS) with --gt; MUSIQ, MANIQA, TOPIQ, CLIPIQA, NIQE.
+
+    PSNR, SSIM and both LPIPS need nothing extra installed; DISTS and the no-reference metrics run
+    through pyiqa (pip install 'fluxsr\\[eval]'). Offline (FLUXSR_OFFLINE=1), the LPIPS weights must
+    already be in the weights folder.
 
     Examples:
       fluxsr eval out_x4 --gt RealSR/HR --dataset realsr --csv scores.csv
-      fluxsr eval out_x4 --metrics psnr,ssim,lpips-vgg --gt hr --device cpu
+      fluxsr eval out_x4 --metrics psnr,ssim,lpips-alex --gt hr --device cpu --weights-dir ~/metric-weights
     """
     from fluxsr_cli.atomic import check_writable
-    from fluxsr_cli.quality.evaluate import METRICS, EvalConfig, write_csv, write_json
+    from fluxsr_cli.quality.evaluate import METRICS, EvalConfig, group_reasons, write_csv, write_json
     from fluxsr_cli.quality.evaluate import evaluate as run_eval
 
     for path in (csv_path, json_path):
         if path is not None:
             check_writable(path, overwrite)
     names = tuple(m.strip().lower() for m in metrics.split(",") if m.strip()) if metrics is not None else None
-    config = EvalConfig(pred_dir, gt, scale if crop_border is None else crop_border, names, dataset, device)
+    config = EvalConfig(pred_dir, gt, scale if crop_border is None else crop_border, names, dataset, device, weights_dir)
     with rich_progress(transient=True) as progress:
         report = run_eval(config, progress)
 
-    from rich.markup import escape
     from rich.table import Table
 
     n_images = sum(r.pred is not None for r in report.rows)
-    table = Table(title=escape(f"{pred_dir}: {n_images} images"))
+    table = Table(title=f"{pred_dir}: {n_images} images")
     for col in ("metric", "mean", "images"):
         table.add_column(col, justify="left" if col == "metric" else "right")
     if report.paper is not None:
@@ -59,11 +65,11 @@ def evaluate(
         cells = [f"{m} {'↓' if METRICS[m].lower_better else '↑'}", _fmt(report.means[m]), str(report.counts[m])]
         table.add_row(*cells, *([_fmt(report.paper.get(m))] if report.paper is not None else []))
     out.print(table)
-    for m, reason in report.unavailable.items():
-        console.print(f"[yellow]unavailable[/] {m}: {escape(reason)}", soft_wrap=True)
+    for reason, names in group_reasons(report.unavailable).items():
+        console.print(labelled("unavailable", "yellow", f"{', '.join(names)}: {reason}"), soft_wrap=True)
     for row in report.problems:
         for note in row.notes:
-            console.print(f"[yellow]{escape(row.name)}[/]: {escape(note)}", soft_wrap=True)
+            console.print(labelled(f"{row.name}:", "yellow", note), soft_wrap=True)
     if csv_path is not None:
         write_csv(report, csv_path, overwrite=overwrite)
         console.print(f"wrote {csv_path}")

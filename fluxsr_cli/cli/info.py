@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from fluxsr_cli.cli.common import console, handle_errors, out
+from fluxsr_cli.cli.common import handle_errors, note, out
 
 
 @handle_errors
@@ -51,7 +51,7 @@ def info(
     if model:
         from fluxsr_cli.model.checkpoint import read_checkpoint
 
-        ckpt = read_checkpoint(model, revision=revision, offline=offline, notice=lambda m: console.print(m))
+        ckpt = read_checkpoint(model, revision=revision, offline=offline, notice=note)
         desc = Table(title=f"checkpoint {model}", show_header=False)
         i = ckpt.info
         for key, value in (("folder", str(ckpt.root)), ("format", i.source), ("base model", i.base_model),
