@@ -19,7 +19,8 @@ def evaluate(
     crop_border: Annotated[
         int | None, typer.Option("--crop-border", min=0, help="Pixels cut per side for PSNR/SSIM \\[default: --scale].")
     ] = None,
-    metrics: Annotated[str | None, typer.Option("--metrics", help="Comma-separated metrics \\[default: all that apply].")] = None,
+    metrics: Annotated[str | None, typer.Option("--metrics", help="Comma-separated, from psnr, ssim, lpips-alex, lpips-vgg, dists, musiq, maniqa, topiq, clipiqa, niqe, qalign "
+                                "\\[default: all that apply but qalign].")] = None,
     dataset: Annotated[
         str | None, typer.Option("--dataset", help="Show the paper's FluxSR row: realsr, drealsr or div2k-val.")
     ] = None,
@@ -28,14 +29,14 @@ def evaluate(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing --csv/--json files.")] = False,
     device: Annotated[str, typer.Option("--device", help="Device for the learned metrics: auto, cpu, cuda, ...")] = "auto",
     weights_dir: Annotated[Path | None, typer.Option(
-        "--weights-dir", help="Folder of the LPIPS weight files (fetched there once when missing) "
+        "--weights-dir", help="Folder of the LPIPS and DISTS weight files (fetched there once when missing) "
         "\\[default: $FLUXSR_WEIGHTS_DIR, else torch hub's checkpoints folder].", show_default=False)] = None,
 ) -> None:
-    """Score outputs: PSNR/SSIM on Y, LPIPS-Alex, LPIPS-VGG (and DISTS) with --gt; MUSIQ, MANIQA, TOPIQ, CLIPIQA, NIQE.
+    """Score outputs: PSNR/SSIM on Y, LPIPS-Alex, LPIPS-VGG, DISTS with --gt; MUSIQ, MANIQA, TOPIQ, CLIPIQA, NIQE.
 
-    PSNR, SSIM and both LPIPS need nothing extra installed; DISTS and the no-reference metrics run
-    through pyiqa (pip install 'fluxsr\\[eval]'). Offline (FLUXSR_OFFLINE=1), the LPIPS weights must
-    already be in the weights folder.
+    The full-reference metrics need nothing extra installed (LPIPS and DISTS fetch their published
+    weights once into the weights folder; offline, FLUXSR_OFFLINE=1, they must be there already);
+    the no-reference ones run through pyiqa: pip install 'fluxsr\\[eval]'.
 
     Examples:
       fluxsr eval out_x4 --gt RealSR/HR --dataset realsr --csv scores.csv

@@ -11,6 +11,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from fluxsr_cli.quality.weights import WeightFile
+
+_TORCHVISION = "https://download.pytorch.org/models/"
+
 # torchvision's vgg16().features up to relu5_3: ints are 3x3 convs (out channels), "M" a 2x2 max-pool.
 _VGG16_CFG: tuple[int | str, ...] = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512)
 
@@ -18,6 +22,7 @@ _VGG16_CFG: tuple[int | str, ...] = (64, 64, "M", 128, 128, "M", 256, 256, 256, 
 class VGG16Features(nn.Module):
     """torchvision's ``vgg16().features[:30]``; ``forward`` returns relu1_2, relu2_2, relu3_3, relu4_3, relu5_3."""
 
+    weights = WeightFile("vgg16-397923af.pth", _TORCHVISION + "vgg16-397923af.pth", check_hash=True)
     taps = (3, 8, 15, 22, 29)  # indices in ``features`` of those ReLUs
     channels = (64, 128, 256, 512, 512)
     min_side = 16  # four 2x2 pools before relu5_3
@@ -41,6 +46,7 @@ class VGG16Features(nn.Module):
 class AlexNetFeatures(nn.Module):
     """torchvision's ``alexnet().features[:12]``; ``forward`` returns the five ReLU outputs relu1 ... relu5."""
 
+    weights = WeightFile("alexnet-owt-7be5be79.pth", _TORCHVISION + "alexnet-owt-7be5be79.pth", check_hash=True)
     taps = (1, 4, 7, 9, 11)
     channels = (64, 192, 384, 256, 256)
     # conv1 (11x11, stride 4, pad 2) then two 3x3 stride-2 pools: the second needs 3x3 in, so h1 >= 7,

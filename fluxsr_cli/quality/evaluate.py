@@ -2,9 +2,9 @@
 
 Predictions and ground truth are matched by file name (stem). Full-reference metrics (PSNR, SSIM on
 Y, LPIPS, DISTS) run when a ground-truth folder is given; no-reference metrics (MUSIQ, MANIQA, TOPIQ,
-CLIPIQA, NIQE) need only the predictions. PSNR, SSIM, LPIPS-Alex and LPIPS-VGG are computed here,
-with nothing extra installed (the LPIPS weights are fetched once, ``weights.py``); the rest come from
-pyiqa, the field's standard toolbox (the ``[eval]`` extra), through a thin adapter. A metric that
+CLIPIQA, NIQE) need only the predictions. PSNR, SSIM, LPIPS-Alex, LPIPS-VGG and DISTS are computed
+here, with nothing extra installed (their weights are fetched once, ``weights.py``); the no-reference
+metrics come from pyiqa, the field's standard toolbox (the ``[eval]`` extra), through a thin adapter. A metric that
 cannot load (pyiqa absent, weights not downloadable) is reported as unavailable with the reason and
 the others still run; unreadable files, missing pairs and size mismatches are reported per file.
 """
@@ -47,7 +47,7 @@ METRICS: dict[str, MetricSpec] = {
         MetricSpec("ssim", True, False),
         MetricSpec("lpips-alex", True, True),
         MetricSpec("lpips-vgg", True, True),
-        MetricSpec("dists", True, True, "dists"),
+        MetricSpec("dists", True, True),
         MetricSpec("musiq", False, False, "musiq"),
         MetricSpec("maniqa", False, False, "maniqa"),
         MetricSpec("topiq", False, False, "topiq_nr"),
@@ -59,8 +59,8 @@ METRICS: dict[str, MetricSpec] = {
 DEFAULT_METRICS = ("psnr", "ssim", "lpips-alex", "lpips-vgg", "dists", "musiq", "maniqa", "topiq", "clipiqa", "niqe")
 # The metrics fluxsr computes itself, by the name pyiqa gives the same metric (both on Y; pyiqa's
 # ``crop_border`` argument does what ``--crop-border`` does).
-PYIQA_EQUIVALENT = {"psnr": "psnry", "ssim": "ssim", "lpips-alex": "lpips", "lpips-vgg": "lpips-vgg"}
-_LPIPS_NETS = {"lpips-alex": "alex", "lpips-vgg": "vgg"}
+PYIQA_EQUIVALENT = {"psnr": "psnry", "ssim": "ssim", "lpips-alex": "lpips", "lpips-vgg": "lpips-vgg", "dists": "dists"}
+LEARNED = ("lpips-alex", "lpips-vgg", "dists")  # computed here from published weights (weights.py)
 
 # METHOD.md section 8: FluxSR's published means (x4, full-size images). The paper's LPIPS column is
 # taken to be pyiqa's default LPIPS (AlexNet), its TOPIQ the no-reference TOPIQ.
@@ -180,25 +180,39 @@ def _to_tensor(img: np.ndarray, device: str):  # -> torch.Tensor [1, 3, H, W]
     return torch.from_numpy(np.ascontiguousarray(img, dtype=np.float32)).permute(2, 0, 1)[None].to(device)
 
 
-def _lpips_scorers(names: tuple[str, ...], device: str, weights_dir: Path | None) -> dict[str, Scorer]:
-    """LPIPS-Alex / LPIPS-VGG scorers; their weight files are resolved together (one error for all)."""
+def _learned_scorers(names: tuple[str, ...], device: str, weights_dir: Path | None) -> dict[str, Scorer]:
+    """LPIPS-Alex, LPIPS-VGG and DISTS; their weight files are resolved together (one error for all)."""
     import torch
 
-    from fluxsr_cli.quality.lpips import load_lpips_nets
+    from fluxsr_cli.quality.dists import DISTS, DISTS_WEIGHTS
+    from fluxsr_cli.quality.lpips import LPIPS
+    from fluxsr_cli.quality.lpips import WEIGHTS as LPIPS_WEIGHTS
+    from fluxsr_cli.quality.weights import load_weight_files
 
+    def build(name: str) -> tuple[torch.nn.Module, tuple]:
+        if name == "dists":
+            return DISTS(), DISTS_WEIGHTS
+        net = name.removeprefix("lpips-")
+        return LPIPS(net), LPIPS_WEIGHTS[net]
+
+    models = {n: build(n) for n in names}
     try:
-        models = load_lpips_nets([_LPIPS_NETS[n] for n in names], device=device, cache_dir=weights_dir)
+        states = load_weight_files([f for _, files in models.values() for f in files], weights_dir, "metric weights")
     except CheckpointError as e:
         raise _Unavailable(str(e)) from None
 
-    def scorer(model) -> Scorer:
+    def scorer(model: torch.nn.Module) -> Scorer:
         def score(pred: np.ndarray, gt: np.ndarray | None) -> float:
             with torch.no_grad():
                 return float(model(_to_tensor(pred, device), _to_tensor(gt, device))[0])
 
         return score
 
-    return {n: scorer(models[_LPIPS_NETS[n]]) for n in names}
+    scorers = {}
+    for name, (model, files) in models.items():
+        model.load_weights(*(states[f.name] for f in files))
+        scorers[name] = scorer(model.requires_grad_(False).eval().to(device))
+    return scorers
 
 
 def _pyiqa_scorer(spec: MetricSpec, device: str) -> Scorer:
@@ -237,16 +251,16 @@ def load_scorers(
     """
     scorers: dict[str, Scorer] = {}
     unavailable: dict[str, str] = {}
-    lpips = tuple(n for n in names if n in _LPIPS_NETS)
-    if lpips:
+    learned = tuple(n for n in names if n in LEARNED)
+    if learned:
         progress("loading metrics", 0, len(names))
         try:
-            scorers.update(_lpips_scorers(lpips, device, weights_dir))
+            scorers.update(_learned_scorers(learned, device, weights_dir))
         except _Unavailable as e:
-            unavailable.update(dict.fromkeys(lpips, str(e)))
-    rest = [n for n in names if n not in _LPIPS_NETS]
+            unavailable.update(dict.fromkeys(learned, str(e)))
+    rest = [n for n in names if n not in LEARNED]
     for i, name in enumerate(rest):
-        progress("loading metrics", len(lpips) + i, len(names))
+        progress("loading metrics", len(learned) + i, len(names))
         try:
             if name == "psnr":
                 scorers[name] = lambda p, g: psnr_y(p, g, crop_border)
@@ -310,7 +324,7 @@ def evaluate(config: EvalConfig, progress: ProgressFn = no_progress) -> EvalRepo
     unavailable.update(not_loaded)
     if not scorers:  # each reason says its own fix
         reasons = " | ".join(f"{', '.join(names)}: {reason}" for reason, names in group_reasons(unavailable).items())
-        hint = "" if config.gt_dir else "; with --gt GT_DIR, PSNR, SSIM and LPIPS run with nothing extra installed"
+        hint = "" if config.gt_dir else "; with --gt GT_DIR, PSNR, SSIM, LPIPS and DISTS run with nothing extra installed"
         raise InputError(f"no metric can run here: {reasons}{hint}")
     todo = [r for r in rows if r.pred is not None]
     for i, row in enumerate(todo):

@@ -24,16 +24,13 @@ from fluxsr_cli.quality.backbones import AlexNetFeatures, VGG16Features
 from fluxsr_cli.quality.weights import WeightFile, load_weight_files
 
 _HEADS_URL = "https://github.com/richzhang/PerceptualSimilarity/raw/master/lpips/weights/v0.1/{net}.pth"
-VGG16_FILE = "vgg16-397923af.pth"
-ALEXNET_FILE = "alexnet-owt-7be5be79.pth"
+VGG16_FILE = VGG16Features.weights.name
 LPIPS_HEADS_FILE = "lpips_v0.1_vgg.pth"
 LPIPS_ALEX_HEADS_FILE = "lpips_v0.1_alex.pth"
 # net -> (torchvision backbone, LPIPS v0.1 heads)
 WEIGHTS: dict[str, tuple[WeightFile, WeightFile]] = {
-    "vgg": (WeightFile(VGG16_FILE, f"https://download.pytorch.org/models/{VGG16_FILE}", check_hash=True),
-            WeightFile(LPIPS_HEADS_FILE, _HEADS_URL.format(net="vgg"))),
-    "alex": (WeightFile(ALEXNET_FILE, f"https://download.pytorch.org/models/{ALEXNET_FILE}", check_hash=True),
-             WeightFile(LPIPS_ALEX_HEADS_FILE, _HEADS_URL.format(net="alex"))),
+    "vgg": (VGG16Features.weights, WeightFile(LPIPS_HEADS_FILE, _HEADS_URL.format(net="vgg"))),
+    "alex": (AlexNetFeatures.weights, WeightFile(LPIPS_ALEX_HEADS_FILE, _HEADS_URL.format(net="alex"))),
 }
 _BACKBONES = {"vgg": VGG16Features, "alex": AlexNetFeatures}
 # LPIPS' ScalingLayer: inputs in [-1, 1] are shifted and scaled to the ImageNet statistics.

@@ -83,13 +83,13 @@ def test_eval_unavailable_reasons_and_notes_keep_their_brackets(tmp_path, monkey
     _photo(gt / "photo[1].png")
     _photo(pred / "extra[eval].png")  # no ground truth: a note
     monkeypatch.setenv("FLUXSR_OFFLINE", "1")
-    r = _invoke("eval", str(pred), "--gt", str(gt), "--metrics", "psnr,lpips-alex,lpips-vgg,musiq",
+    r = _invoke("eval", str(pred), "--gt", str(gt), "--metrics", "psnr,lpips-alex,lpips-vgg,dists,musiq",
                 "--weights-dir", str(weights))
     assert r.exit_code == 0, r.output
     lines = r.stderr.splitlines()
-    lpips = [line for line in lines if line.startswith("unavailable lpips-alex, lpips-vgg: ")]
-    assert len(lpips) == 1 and f"4 file(s) not in {weights} and offline" in lpips[0]  # one line for both
-    assert not any(line.startswith("unavailable lpips-vgg") for line in lines)
+    learned = [line for line in lines if line.startswith("unavailable lpips-alex, lpips-vgg, dists: ")]
+    assert len(learned) == 1 and f"5 file(s) not in {weights} and offline" in learned[0]  # one line for all
+    assert not any(line.startswith(("unavailable lpips-vgg", "unavailable dists")) for line in lines)
     musiq = [line for line in lines if line.startswith("unavailable musiq: ")]
     assert len(musiq) == 1 and "install the [eval] extra: pip install 'fluxsr[eval]'" in musiq[0]
     assert f"extra[eval]: no ground truth named extra[eval].* in {gt}; full-reference metrics skipped" in lines
