@@ -177,6 +177,12 @@ def test_failed_download_is_a_checkpoint_error(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.hub, "load_state_dict_from_url", refuse)
     with pytest.raises(CheckpointError, match="no route to host"):
         load_lpips(cache_dir=tmp_path)
+    with pytest.raises(CheckpointError) as e:  # every file that failed, in one message
+        load_lpips_nets(("alex", "vgg"), cache_dir=tmp_path)
+    assert "4 file(s)" in str(e.value) and "\n" not in str(e.value)
+    for files in WEIGHTS.values():
+        for f in files:
+            assert f"{f.url} as {f.name}" in str(e.value)
 
 
 def test_cached_files_are_used_without_network(tmp_path, monkeypatch):
