@@ -9,8 +9,9 @@ covariance s_xy over the image:
     S2 = (2 s_xy + c) / (s_x^2 + s_y^2 + c)                   (structure: the maps correlate)
     DISTS = 1 - sum_lk (alpha_lk S1 + beta_lk S2) / sum (alpha + beta),   c = 1e-6
 
-alpha and beta (1475 each) are the published ``weights.pt`` of dingkeyan93/DISTS, the file pyiqa
-names ``DISTS_weights-f5e65c96.pth`` (the same bytes, also shipped in the ``DISTS_pytorch`` wheel).
+alpha and beta (1475 each) are the published ``weights.pt`` of dingkeyan93/DISTS (also shipped in the
+``DISTS_pytorch`` wheel); its sha256 starts f5e65c96, the digits in the name pyiqa gives its DISTS
+weights, ``DISTS_weights-f5e65c96.pth``, which we keep.
 No resizing: images are scored at their size, as pyiqa's ``dists`` does.
 """
 
