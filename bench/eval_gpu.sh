@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # `fluxsr eval` with every metric, on a (GPU) machine that has the [eval] extra (pyiqa) installed and
-# network access once, for pyiqa's and LPIPS' weights (cached afterwards in ~/.cache and $TORCH_HOME).
+# network access once, for pyiqa's, LPIPS' and DISTS' weights (cached afterwards in ~/.cache and $TORCH_HOME).
 #
 #   bench/eval_gpu.sh PRED_DIR [GT_DIR] [realsr|drealsr|div2k-val]
 #   bench/eval_gpu.sh --demo      # real photos (skimage) vs. blurred + noisy copies: checks the set-up
@@ -23,7 +23,7 @@ try:
     import pyiqa
     print("pyiqa", getattr(pyiqa, "__version__", "?"))
 except Exception as e:  # noqa: BLE001
-    print(f"pyiqa not importable ({e}): only psnr, ssim, lpips-vgg will run; pip install 'fluxsr[eval]'")
+    print(f"pyiqa not importable ({e}): only psnr, ssim, lpips-alex, lpips-vgg, dists will run; pip install 'fluxsr[eval]'")
 EOF
 
 if [[ "${1:-}" == "--demo" ]]; then

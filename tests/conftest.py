@@ -77,3 +77,14 @@ def photo() -> np.ndarray:
 def small_photo(photo) -> np.ndarray:
     """A 48x40 crop of the astronaut's face region, float32 [48, 40, 3] in [0, 1]."""
     return (photo[60:108, 180:220].astype(np.float32) / 255.0).copy()
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """Say loudly when tests that need the real LPIPS weights were skipped (an offline developer run)."""
+    from tests.lpips_weights import REQUIRE_ENV, SKIP_MARK
+
+    skipped = [r for r in terminalreporter.stats.get("skipped", []) if SKIP_MARK in str(r.longrepr)]
+    if skipped:
+        terminalreporter.write_sep(
+            "!", f"WARNING: {len(skipped)} test(s) SKIPPED: {SKIP_MARK} (offline?); "
+            f"run `python -m tests.lpips_weights` online once, CI sets {REQUIRE_ENV}=1 and fails", yellow=True, bold=True)

@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from fluxsr_cli.cli import model_options as mo
 from fluxsr_cli.cli.common import handle_errors, note, out, rich_progress
@@ -130,8 +131,7 @@ def _print_report(report) -> None:
     problems = [f for f in report.files if f.status == "failed" or f.notes]
     if problems and not out.is_terminal:  # a log: one greppable line per file, never wrapped
         for f in problems:
-            out.print(f"{f.status}: {f.rel or f.src}: {f.reason or '; '.join(f.notes)}", soft_wrap=True,
-                      markup=False)
+            out.print(f"{f.status}: {f.rel or f.src}: {f.reason or '; '.join(f.notes)}", soft_wrap=True)
     elif problems:
         table = Table(title="files with failures or notes")
         for col in ("file", "status", "reason / notes"):
@@ -145,6 +145,6 @@ def _print_report(report) -> None:
     summary = Table(title="fluxsr batch")
     for col in ("done", "skipped", "failed", "time", "per image", "temporaries removed"):
         summary.add_column(col, justify="right")
-    summary.add_row(str(report.done), str(report.skipped), f"[red]{report.failed}[/]" if report.failed else "0",
+    summary.add_row(str(report.done), str(report.skipped), Text(str(report.failed), style="red" if report.failed else ""),
                     f"{report.seconds:.1f} s", f"{per_image:.2f} s", str(report.removed))
     out.print(summary)

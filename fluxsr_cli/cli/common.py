@@ -1,4 +1,10 @@
-"""What every command shares: the console, error mapping and Rich progress for library callbacks."""
+"""What every command shares: the console, error mapping and Rich progress for library callbacks.
+
+Both consoles print strings as they are: no Rich markup, no emoji codes. Errors, notes and file names
+come from the library and the user, and hold brackets (``[eval]``, ``[distill]``, ``photo[x].png``)
+that markup would eat. Our own fixed styling is a :class:`rich.text.Text` with a style (see
+:func:`labelled`), never markup inside a string.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +16,6 @@ from typing import Any, TypeVar
 
 import typer
 from rich.console import Console
-from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -20,12 +25,19 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+from rich.text import Text
 
 from fluxsr_cli.errors import FluxSRError
 from fluxsr_cli.progress import ProgressFn
 
-console = Console(stderr=True, highlight=False)
-out = Console(highlight=False)
+
+def make_console(**kwargs: Any) -> Console:
+    """A console that prints strings as they are (no markup, emoji codes or highlighting)."""
+    return Console(highlight=False, markup=False, emoji=False, **kwargs)
+
+
+console = make_console(stderr=True)
+out = make_console()
 
 STATE = {"debug": False}
 
@@ -45,20 +57,28 @@ def handle_errors(fn: F) -> F:
         except FluxSRError as e:
             if STATE["debug"]:
                 console.print_exception()
-            # escaped: a message's own brackets (pip install "fluxsr[demo]") are text, not Rich markup
-            console.print(f"[bold red]error:[/] {escape(str(e))}", soft_wrap=True, markup=True, highlight=False)
+            console.print(labelled("error:", "bold red", str(e)), soft_wrap=True)
             raise typer.Exit(e.exit_code) from None
         except KeyboardInterrupt:
-            console.print("[yellow]interrupted[/]: finished outputs are kept; rerun to resume")
+            console.print(labelled("interrupted:", "yellow", "finished outputs are kept; rerun to resume"), soft_wrap=True)
             raise typer.Exit(130) from None
 
     return wrapper  # type: ignore[return-value]
 
 
+def labelled(label: str, style: str, message: str) -> Text:
+    """``label`` in ``style``, a space, then ``message`` as plain text (never parsed as markup)."""
+    return Text.assemble((label, style), " ", message)
+
+
 def note(message: str) -> None:
     """A library notice on stderr, as plain text after a yellow ``note:``."""
-    console.print("[yellow]note:[/] ", end="")
-    console.print(message, soft_wrap=True, markup=False, highlight=False)
+    console.print(labelled("note:", "yellow", message), soft_wrap=True)
+
+
+def warn(message: str) -> None:
+    """A warning on stderr, as plain text after a yellow ``warning:``."""
+    console.print(labelled("warning:", "yellow", message), soft_wrap=True)
 
 
 @contextlib.contextmanager
@@ -71,7 +91,7 @@ def rich_progress(transient: bool = False, enabled: bool | None = None) -> Itera
         enabled = sys.stderr.isatty()
     bars = Progress(
         SpinnerColumn(),
-        TextColumn("[bold]{task.description}"),
+        TextColumn("{task.description}", style="bold", markup=False),  # a stage may name a file
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),

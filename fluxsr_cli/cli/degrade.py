@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from fluxsr_cli.cli.common import console, handle_errors, out, parse_overrides, rich_progress
+from fluxsr_cli.cli.common import console, handle_errors, labelled, out, parse_overrides, rich_progress, warn
 
 
 @handle_errors
@@ -36,7 +36,6 @@ def degrade(
       fluxsr degrade photos/ -o photos_lr/
       fluxsr degrade DIV2K_HR/ -o DIV2K_LR/ --recursive --seed 1 --config configs/degrade_realesrgan.toml
     """
-    from rich.markup import escape
     from rich.table import Table
 
     from fluxsr_cli.configs import load_config
@@ -61,9 +60,9 @@ def degrade(
     table.add_row("records", str(result.records))
     out.print(table)
     if result.unrecorded:
-        console.print(f"[yellow]warning:[/] {len(result.unrecorded)} existing output(s) have no record "
-                      f"(e.g. {escape(result.unrecorded[0])}); pass --overwrite to redo them")
+        warn(f"{len(result.unrecorded)} existing output(s) have no record (e.g. {result.unrecorded[0]}); "
+             "pass --overwrite to redo them")
     for rel, reason in result.failed:
-        console.print(f"[bold red]skipped:[/] {escape(rel)}: {escape(reason)}", soft_wrap=True)
+        console.print(labelled("skipped:", "bold red", f"{rel}: {reason}"), soft_wrap=True)
     if result.failed:
         raise typer.Exit(1)

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from fluxsr_cli.cli.common import console, handle_errors, out, parse_overrides, rich_progress
+from fluxsr_cli.cli.common import console, handle_errors, note, out, parse_overrides, rich_progress
 
 app = typer.Typer(no_args_is_help=False)  # help: the callback's docstring (with its examples)
 
@@ -38,8 +38,7 @@ def distill(
         raise typer.Exit(2)
     cfg = load_distill_config(config, parse_overrides(set_))
     with rich_progress() as progress:
-        result = run_distill(cfg, resume=resume, progress=progress,
-                             notice=lambda m: console.print(f"[yellow]note:[/] {m}"))
+        result = run_distill(cfg, resume=resume, progress=progress, notice=note)
     from rich.table import Table
 
     table = Table(title=f"distill: {result.run_dir}",

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from fluxsr_cli.cli.common import console, handle_errors, out, rich_progress
+from fluxsr_cli.cli.common import console, handle_errors, labelled, out, rich_progress
 
 
 @handle_errors
@@ -19,7 +19,8 @@ def evaluate(
     crop_border: Annotated[
         int | None, typer.Option("--crop-border", min=0, help="Pixels cut per side for PSNR/SSIM \\[default: --scale].")
     ] = None,
-    metrics: Annotated[str | None, typer.Option("--metrics", help="Comma-separated metrics \\[default: all that apply].")] = None,
+    metrics: Annotated[str | None, typer.Option("--metrics", help="Comma-separated, from psnr, ssim, lpips-alex, lpips-vgg, dists, musiq, maniqa, topiq, clipiqa, niqe, qalign "
+                                "\\[default: all that apply but qalign].")] = None,
     dataset: Annotated[
         str | None, typer.Option("--dataset", help="Show the paper's FluxSR row: realsr, drealsr or div2k-val.")
     ] = None,
@@ -30,16 +31,23 @@ def evaluate(
     grid_count: Annotated[int, typer.Option("--grid-count", min=1, help="Images in each row of --grid.")] = 4,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing --csv/--json/--grid files.")] = False,
     device: Annotated[str, typer.Option("--device", help="Device for the learned metrics: auto, cpu, cuda, ...")] = "auto",
+    weights_dir: Annotated[Path | None, typer.Option(
+        "--weights-dir", help="Folder of the LPIPS and DISTS weight files (fetched there once when missing) "
+        "\\[default: $FLUXSR_WEIGHTS_DIR, else torch hub's checkpoints folder].", show_default=False)] = None,
 ) -> None:
-    """Score outputs: PSNR/SSIM on Y, LPIPS, DISTS with --gt; MUSIQ, MANIQA, TOPIQ, CLIPIQA, NIQE always.
+    """Score outputs: PSNR/SSIM on Y, LPIPS-Alex, LPIPS-VGG, DISTS with --gt; MUSIQ, MANIQA, TOPIQ, CLIPIQA, NIQE.
+
+    The full-reference metrics need nothing extra installed (LPIPS and DISTS fetch their published
+    weights once into the weights folder; offline, FLUXSR_OFFLINE=1, they must be there already);
+    the no-reference ones run through pyiqa: pip install 'fluxsr\\[eval]'.
 
     Examples:
       fluxsr eval out_x4 --gt RealSR/HR --dataset realsr --csv scores.csv
-      fluxsr eval out_x4 --metrics psnr,ssim,lpips-vgg --gt hr --device cpu
+      fluxsr eval out_x4 --metrics psnr,ssim,lpips-alex --gt hr --device cpu --weights-dir ~/metric-weights
       fluxsr eval out_x4 --gt hr --grid worst_best.png
     """
     from fluxsr_cli.atomic import check_writable, sweep_temporaries_of
-    from fluxsr_cli.quality.evaluate import METRICS, EvalConfig, write_csv, write_json
+    from fluxsr_cli.quality.evaluate import METRICS, EvalConfig, group_reasons, write_csv, write_json
     from fluxsr_cli.quality.evaluate import evaluate as run_eval
     from fluxsr_cli.quality.grid import check_grid, write_grid
 
@@ -50,15 +58,14 @@ def evaluate(
     names = tuple(m.strip().lower() for m in metrics.split(",") if m.strip()) if metrics is not None else None
     if grid is not None:
         check_grid(grid, gt, names, overwrite)  # before minutes of scoring
-    config = EvalConfig(pred_dir, gt, scale if crop_border is None else crop_border, names, dataset, device)
+    config = EvalConfig(pred_dir, gt, scale if crop_border is None else crop_border, names, dataset, device, weights_dir)
     with rich_progress(transient=True) as progress:
         report = run_eval(config, progress)
 
-    from rich.markup import escape
     from rich.table import Table
 
     n_images = sum(r.pred is not None for r in report.rows)
-    table = Table(title=escape(f"{pred_dir}: {n_images} images"))
+    table = Table(title=f"{pred_dir}: {n_images} images")
     for col in ("metric", "mean", "images"):
         table.add_column(col, justify="left" if col == "metric" else "right")
     if report.paper is not None:
@@ -67,11 +74,11 @@ def evaluate(
         cells = [f"{m} {'↓' if METRICS[m].lower_better else '↑'}", _fmt(report.means[m]), str(report.counts[m])]
         table.add_row(*cells, *([_fmt(report.paper.get(m))] if report.paper is not None else []))
     out.print(table)
-    for m, reason in report.unavailable.items():
-        console.print(f"[yellow]unavailable[/] {m}: {escape(reason)}", soft_wrap=True)
+    for reason, names in group_reasons(report.unavailable).items():
+        console.print(labelled("unavailable", "yellow", f"{', '.join(names)}: {reason}"), soft_wrap=True)
     for row in report.problems:
         for note in row.notes:
-            console.print(f"[yellow]{escape(row.name)}[/]: {escape(note)}", soft_wrap=True)
+            console.print(labelled(f"{row.name}:", "yellow", note), soft_wrap=True)
     if csv_path is not None:
         write_csv(report, csv_path, overwrite=overwrite)
         console.print(f"wrote {csv_path}")

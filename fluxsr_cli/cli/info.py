@@ -5,10 +5,9 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
-from rich.markup import escape
 from rich.table import Table
 
-from fluxsr_cli.cli.common import console, handle_errors, out
+from fluxsr_cli.cli.common import handle_errors, note, out
 
 
 @handle_errors
@@ -53,18 +52,18 @@ def info(
 
     entries = list_cache()
     if entries:
-        quantized = Table(title=escape(f"quantized transformers in {cache_root()}"))
+        quantized = Table(title=f"quantized transformers in {cache_root()}")
         for col in ("mode", "size", "made from", "LoRA", "library", "created"):
             quantized.add_column(col, overflow="fold")
         for e in entries:
-            quantized.add_row(e.mode, f"{e.bytes / 1e9:.2f} GB", escape(e.source), escape(e.lora or "-"), e.library,
+            quantized.add_row(e.mode, f"{e.bytes / 1e9:.2f} GB", e.source, e.lora or "-", e.library,
                               e.created)
         out.print(quantized)
 
     if model:
         from fluxsr_cli.model.checkpoint import read_checkpoint
 
-        ckpt = read_checkpoint(model, revision=revision, offline=offline, notice=lambda m: console.print(m))
+        ckpt = read_checkpoint(model, revision=revision, offline=offline, notice=note)
         desc = Table(title=f"checkpoint {model}", show_header=False)
         i = ckpt.info
         for key, value in (("folder", str(ckpt.root)), ("format", i.source), ("base model", i.base_model),

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from fluxsr_cli.cli.common import console, handle_errors, out, parse_overrides, rich_progress
+from fluxsr_cli.cli.common import console, handle_errors, labelled, note, out, parse_overrides, rich_progress
 
 Config = Annotated[Path, typer.Option("--config", "-c", help="TOML file with a \\[pairs] section (e.g. configs/ftd.toml).")]
 Overrides = Annotated[list[str] | None, typer.Option("--set", help="Override a \\[pairs] setting: KEY=VALUE (repeatable).")]
@@ -30,24 +30,21 @@ def pairs(config: Config, overrides: Overrides = None, offload: Offload = None, 
       fluxsr pairs --config configs/ftd.toml --set num_pairs=100 --set output=data/try --quantize fp8
       accelerate launch --num_processes 8 -m fluxsr_cli pairs --config configs/ftd.toml
     """
-    from rich.markup import escape
-
     from fluxsr_cli.configs import load_config
     from fluxsr_cli.model.hub import FLUX_LICENCE_NOTE
     from fluxsr_cli.train.pairs import PairsConfig, generate_pairs
 
-    console.print(f"[yellow]licence:[/] {escape(FLUX_LICENCE_NOTE)}", soft_wrap=True, markup=True, highlight=False)
+    console.print(labelled("licence:", "yellow", FLUX_LICENCE_NOTE), soft_wrap=True)
     settings = parse_overrides(overrides) + ([f"offload={offload}"] if offload is not None else []) + (
         [f"quantize={quantize}"] if quantize is not None else [])
     cfg = load_config(PairsConfig, config, "pairs", settings)
     _quiet_libraries()
     with rich_progress() as progress:
-        summary = generate_pairs(cfg, progress, notice=lambda m: console.print(m, soft_wrap=True, markup=False),
-                                 rank=rank, world_size=world_size)
+        summary = generate_pairs(cfg, progress, notice=note, rank=rank, world_size=world_size)
 
     from rich.table import Table
 
-    table = Table(title=escape(f"pairs: {summary.output}"))
+    table = Table(title=f"pairs: {summary.output}")
     table.add_column("", justify="left")
     table.add_column("value", justify="right")
     rows = [
@@ -66,8 +63,8 @@ def pairs(config: Config, overrides: Overrides = None, offload: Offload = None, 
         table.add_row(name, value)
     out.print(table)
     if summary.merged and summary.in_manifest < cfg.num_pairs:
-        console.print(f"[yellow]incomplete[/]: {cfg.num_pairs - summary.in_manifest} items missing "
-                      "(other processes still running?); rerun the same command to finish", soft_wrap=True)
+        console.print(labelled("incomplete:", "yellow", f"{cfg.num_pairs - summary.in_manifest} items missing "
+                               "(other processes still running?); rerun the same command to finish"), soft_wrap=True)
 
 
 def _quiet_libraries() -> None:

@@ -2,10 +2,11 @@
 
 Predictions and ground truth are matched by file name (stem). Full-reference metrics (PSNR, SSIM on
 Y, LPIPS, DISTS) run when a ground-truth folder is given; no-reference metrics (MUSIQ, MANIQA, TOPIQ,
-CLIPIQA, NIQE) always. PSNR, SSIM and LPIPS-VGG are computed here; the rest come from pyiqa, the
-field's standard toolbox (``pip install fluxsr[eval]``), through a thin adapter. A metric that cannot
-load (pyiqa absent, weights not downloadable) is reported as unavailable with the reason and the
-others still run; unreadable files, missing pairs and size mismatches are reported per file.
+CLIPIQA, NIQE) need only the predictions. PSNR, SSIM, LPIPS-Alex, LPIPS-VGG and DISTS are computed
+here, with nothing extra installed (their weights are fetched once, ``weights.py``); the no-reference
+metrics come from pyiqa, the field's standard toolbox (the ``[eval]`` extra), through a thin adapter. A metric that
+cannot load (pyiqa absent, weights not downloadable) is reported as unavailable with the reason and
+the others still run; unreadable files, missing pairs and size mismatches are reported per file.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ class MetricSpec:
     name: str
     full_reference: bool
     lower_better: bool
-    pyiqa_name: str | None = None  # None: computed by fluxsr itself
+    pyiqa_name: str | None = None  # None: computed by fluxsr itself (``PYIQA_EQUIVALENT`` names pyiqa's)
 
 
 METRICS: dict[str, MetricSpec] = {
@@ -44,9 +45,9 @@ METRICS: dict[str, MetricSpec] = {
     for m in (
         MetricSpec("psnr", True, False),
         MetricSpec("ssim", True, False),
+        MetricSpec("lpips-alex", True, True),
         MetricSpec("lpips-vgg", True, True),
-        MetricSpec("lpips-alex", True, True, "lpips"),
-        MetricSpec("dists", True, True, "dists"),
+        MetricSpec("dists", True, True),
         MetricSpec("musiq", False, False, "musiq"),
         MetricSpec("maniqa", False, False, "maniqa"),
         MetricSpec("topiq", False, False, "topiq_nr"),
@@ -55,7 +56,11 @@ METRICS: dict[str, MetricSpec] = {
         MetricSpec("qalign", False, False, "qalign"),  # a 7B model: only on request
     )
 }
-DEFAULT_METRICS = ("psnr", "ssim", "lpips-vgg", "lpips-alex", "dists", "musiq", "maniqa", "topiq", "clipiqa", "niqe")
+DEFAULT_METRICS = ("psnr", "ssim", "lpips-alex", "lpips-vgg", "dists", "musiq", "maniqa", "topiq", "clipiqa", "niqe")
+# The metrics fluxsr computes itself, by the name pyiqa gives the same metric (both on Y; pyiqa's
+# ``crop_border`` argument does what ``--crop-border`` does).
+PYIQA_EQUIVALENT = {"psnr": "psnry", "ssim": "ssim", "lpips-alex": "lpips", "lpips-vgg": "lpips-vgg", "dists": "dists"}
+LEARNED = ("lpips-alex", "lpips-vgg", "dists")  # computed here from published weights (weights.py)
 
 # docs/method.md section 8: FluxSR's published means (x4, full-size images). The paper's LPIPS column is
 # taken to be pyiqa's default LPIPS (AlexNet), its TOPIQ the no-reference TOPIQ.
@@ -79,7 +84,7 @@ class EvalConfig:
     metrics: tuple[str, ...] | None = None
     dataset: str | None = None
     device: str = "auto"
-    lpips_cache: Path | None = None
+    weights_dir: Path | None = None  # LPIPS weights; None: weights.default_weights_dir()
 
     def __post_init__(self) -> None:
         if self.crop_border < 0:
@@ -175,21 +180,39 @@ def _to_tensor(img: np.ndarray, device: str):  # -> torch.Tensor [1, 3, H, W]
     return torch.from_numpy(np.ascontiguousarray(img, dtype=np.float32)).permute(2, 0, 1)[None].to(device)
 
 
-def _lpips_vgg_scorer(device: str, cache: Path | None) -> Scorer:
+def _learned_scorers(names: tuple[str, ...], device: str, weights_dir: Path | None) -> dict[str, Scorer]:
+    """LPIPS-Alex, LPIPS-VGG and DISTS; their weight files are resolved together (one error for all)."""
     import torch
 
-    from fluxsr_cli.quality.lpips import load_lpips
+    from fluxsr_cli.quality.dists import DISTS, DISTS_WEIGHTS
+    from fluxsr_cli.quality.lpips import LPIPS
+    from fluxsr_cli.quality.lpips import WEIGHTS as LPIPS_WEIGHTS
+    from fluxsr_cli.quality.weights import load_weight_files
 
+    def build(name: str) -> tuple[torch.nn.Module, tuple]:
+        if name == "dists":
+            return DISTS(), DISTS_WEIGHTS
+        net = name.removeprefix("lpips-")
+        return LPIPS(net), LPIPS_WEIGHTS[net]
+
+    models = {n: build(n) for n in names}
     try:
-        model = load_lpips(device=device, cache_dir=cache)
+        states = load_weight_files([f for _, files in models.values() for f in files], weights_dir, "metric weights")
     except CheckpointError as e:
         raise _Unavailable(str(e)) from None
 
-    def score(pred: np.ndarray, gt: np.ndarray | None) -> float:
-        with torch.no_grad():
-            return float(model(_to_tensor(pred, device), _to_tensor(gt, device))[0])
+    def scorer(model: torch.nn.Module) -> Scorer:
+        def score(pred: np.ndarray, gt: np.ndarray | None) -> float:
+            with torch.no_grad():
+                return float(model(_to_tensor(pred, device), _to_tensor(gt, device))[0])
 
-    return score
+        return score
+
+    scorers = {}
+    for name, (model, files) in models.items():
+        model.load_weights(*(states[f.name] for f in files))
+        scorers[name] = scorer(model.requires_grad_(False).eval().to(device))
+    return scorers
 
 
 def _pyiqa_scorer(spec: MetricSpec, device: str) -> Scorer:
@@ -197,7 +220,8 @@ def _pyiqa_scorer(spec: MetricSpec, device: str) -> Scorer:
     try:
         import pyiqa
     except Exception as e:  # ImportError, or torchvision failing to import beside this torch
-        raise _Unavailable(f"needs pyiqa ({one_line(e)[:200]}); pip install 'fluxsr[eval]'") from None
+        raise _Unavailable(f"needs pyiqa ({one_line(e)[:200]}); install the [eval] extra: "
+                           "pip install 'fluxsr[eval]' (in a checkout: pip install -e '.[eval]')") from None
     try:
         metric = pyiqa.create_metric(spec.pyiqa_name, device=device, as_loss=False)
     except Exception as e:  # weights not downloadable offline, unknown name in an old pyiqa, ...
@@ -218,7 +242,7 @@ def load_scorers(
     names: tuple[str, ...],
     device: str,
     crop_border: int = 0,
-    lpips_cache: Path | None = None,
+    weights_dir: Path | None = None,
     progress: ProgressFn = no_progress,
 ) -> tuple[dict[str, Scorer], dict[str, str]]:
     """Scorers ``(pred, gt) -> float`` for ``names`` that can run here, and why each other one cannot.
@@ -227,22 +251,35 @@ def load_scorers(
     """
     scorers: dict[str, Scorer] = {}
     unavailable: dict[str, str] = {}
-    for i, name in enumerate(names):
-        progress("loading metrics", i, len(names))
-        spec = METRICS[name]
+    learned = tuple(n for n in names if n in LEARNED)
+    if learned:
+        progress("loading metrics", 0, len(names))
+        try:
+            scorers.update(_learned_scorers(learned, device, weights_dir))
+        except _Unavailable as e:
+            unavailable.update(dict.fromkeys(learned, str(e)))
+    rest = [n for n in names if n not in LEARNED]
+    for i, name in enumerate(rest):
+        progress("loading metrics", len(learned) + i, len(names))
         try:
             if name == "psnr":
                 scorers[name] = lambda p, g: psnr_y(p, g, crop_border)
             elif name == "ssim":
                 scorers[name] = lambda p, g: ssim_y(p, g, crop_border)
-            elif name == "lpips-vgg":
-                scorers[name] = _lpips_vgg_scorer(device, lpips_cache)
             else:
-                scorers[name] = _pyiqa_scorer(spec, device)
+                scorers[name] = _pyiqa_scorer(METRICS[name], device)
         except _Unavailable as e:
             unavailable[name] = str(e)
     progress("loading metrics", len(names), len(names))
     return scorers, unavailable
+
+
+def group_reasons(unavailable: dict[str, str]) -> dict[str, list[str]]:
+    """reason -> the metrics it applies to, in order: one line per reason instead of one per metric."""
+    groups: dict[str, list[str]] = {}
+    for name, reason in unavailable.items():
+        groups.setdefault(reason, []).append(name)
+    return groups
 
 
 def _score_row(row: ImageResult, scorers: dict[str, Scorer]) -> None:
@@ -280,14 +317,15 @@ def evaluate(config: EvalConfig, progress: ProgressFn = no_progress) -> EvalRepo
     if not any(r.pred for r in rows):
         raise InputError(f"{config.pred_dir}: no images ({', '.join(IMAGE_SUFFIXES)}) to evaluate")
     names = config.selected()
-    unavailable = {n: "full-reference: give --gt GT_DIR" for n in names if METRICS[n].full_reference and not config.gt_dir}
+    unavailable = {n: "full-reference: needs --gt GT_DIR" for n in names if METRICS[n].full_reference and not config.gt_dir}
     device = _resolve_device(config.device)
     wanted = tuple(n for n in names if n not in unavailable)
-    scorers, not_loaded = load_scorers(wanted, device, config.crop_border, config.lpips_cache, progress)
+    scorers, not_loaded = load_scorers(wanted, device, config.crop_border, config.weights_dir, progress)
     unavailable.update(not_loaded)
-    if not scorers:
-        reasons = "; ".join(f"{n}: {r}" for n, r in unavailable.items())
-        raise InputError(f"no metric can run here ({reasons}); give --gt GT_DIR or install the [eval] extra")
+    if not scorers:  # each reason says its own fix
+        reasons = " | ".join(f"{', '.join(names)}: {reason}" for reason, names in group_reasons(unavailable).items())
+        hint = "" if config.gt_dir else "; with --gt GT_DIR, PSNR, SSIM, LPIPS and DISTS run with nothing extra installed"
+        raise InputError(f"no metric can run here: {reasons}{hint}")
     todo = [r for r in rows if r.pred is not None]
     for i, row in enumerate(todo):
         progress("images", i, len(todo))

@@ -1,21 +1,18 @@
-"""LPIPS (v0.1, VGG16 backbone) and the TV-LPIPS loss of docs/method.md section 5, in plain torch.
-
-The backbone is torchvision's VGG16 feature stack, written here so that torchvision is not needed:
-its module names mirror torchvision's, so the published ImageNet state dict
-``vgg16-397923af.pth`` loads key for key (``features.0.weight`` ... ``features.28.bias``). The five
-linear heads are the LPIPS v0.1 weights (``lin0.model.1.weight`` ... ``lin4.model.1.weight`` in
-``lpips/weights/v0.1/vgg.pth`` of richzhang/PerceptualSimilarity).
+"""LPIPS v0.1 (AlexNet and VGG16 backbones) and the TV-LPIPS loss of docs/method.md section 5, in plain torch.
 
 LPIPS(a, b) = sum_l mean_hw || w_l * (f_l(a) / |f_l(a)| - f_l(b) / |f_l(b)|) ||^2
-with f_l the relu1_2, relu2_2, relu3_3, relu4_3, relu5_3 activations of the scaled input.
+with f_l five ReLU activations of the scaled input (``backbones.py``) and w_l the LPIPS v0.1 linear
+heads (``lin{l}.model.1.weight`` in ``lpips/weights/v0.1/{alex,vgg}.pth`` of
+richzhang/PerceptualSimilarity). The backbones load torchvision's published ImageNet state dicts.
 
-Weights are resolved from a cache folder (default: torch hub's ``checkpoints`` folder, where
-torchvision keeps the same VGG16 file) or downloaded once from their public URLs.
+``net="alex"`` is the LPIPS the one-step SR papers report (pyiqa's default ``lpips``); ``net="vgg"``
+is pyiqa's ``lpips-vgg`` and the one TV-LPIPS trains with (METHOD.md). Weights are fetched once into
+the weights folder of ``weights.py``.
 """
 
 from __future__ import annotations
 
-import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -23,45 +20,22 @@ import torch.nn.functional as F
 from torch import nn
 
 from fluxsr_cli.errors import CheckpointError, InputError
+from fluxsr_cli.quality.backbones import AlexNetFeatures, VGG16Features
+from fluxsr_cli.quality.weights import WeightFile, load_weight_files
 
-VGG16_URL = "https://download.pytorch.org/models/vgg16-397923af.pth"
-VGG16_FILE = "vgg16-397923af.pth"
-LPIPS_HEADS_URL = "https://github.com/richzhang/PerceptualSimilarity/raw/master/lpips/weights/v0.1/vgg.pth"
+_HEADS_URL = "https://github.com/richzhang/PerceptualSimilarity/raw/master/lpips/weights/v0.1/{net}.pth"
+VGG16_FILE = VGG16Features.weights.name
 LPIPS_HEADS_FILE = "lpips_v0.1_vgg.pth"
-
-# torchvision's vgg16().features up to relu5_3: ints are 3x3 convs (out channels), "M" a 2x2 max-pool.
-_VGG16_CFG: tuple[int | str, ...] = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512)
-# Indices in ``features`` of the ReLUs LPIPS reads: relu1_2, relu2_2, relu3_3, relu4_3, relu5_3.
-_TAPS = (3, 8, 15, 22, 29)
-_CHANNELS = (64, 128, 256, 512, 512)
+LPIPS_ALEX_HEADS_FILE = "lpips_v0.1_alex.pth"
+# net -> (torchvision backbone, LPIPS v0.1 heads)
+WEIGHTS: dict[str, tuple[WeightFile, WeightFile]] = {
+    "vgg": (VGG16Features.weights, WeightFile(LPIPS_HEADS_FILE, _HEADS_URL.format(net="vgg"))),
+    "alex": (AlexNetFeatures.weights, WeightFile(LPIPS_ALEX_HEADS_FILE, _HEADS_URL.format(net="alex"))),
+}
+_BACKBONES = {"vgg": VGG16Features, "alex": AlexNetFeatures}
 # LPIPS' ScalingLayer: inputs in [-1, 1] are shifted and scaled to the ImageNet statistics.
 _SHIFT = (-0.030, -0.088, -0.188)
 _SCALE = (0.458, 0.448, 0.450)
-_MIN_SIDE = 16  # four 2x2 pools before relu5_3
-
-
-class VGG16Features(nn.Module):
-    """torchvision's ``vgg16().features[:30]``; ``forward`` returns the five LPIPS taps."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        layers: list[nn.Module] = []
-        c_in = 3
-        for v in _VGG16_CFG:
-            if v == "M":
-                layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
-            else:
-                layers += [nn.Conv2d(c_in, int(v), kernel_size=3, padding=1), nn.ReLU(inplace=False)]
-                c_in = int(v)
-        self.features = nn.Sequential(*layers)  # keys match torchvision: features.{0,2,5,...,28}.*
-
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        taps = []
-        for i, layer in enumerate(self.features):
-            x = layer(x)
-            if i in _TAPS:
-                taps.append(x)  # [B, C_l, H / 2^l, W / 2^l]
-        return taps
 
 
 def _unit_channels(f: torch.Tensor, eps: float = 1e-20) -> torch.Tensor:
@@ -70,18 +44,21 @@ def _unit_channels(f: torch.Tensor, eps: float = 1e-20) -> torch.Tensor:
 
 
 class LPIPS(nn.Module):
-    """LPIPS v0.1 with the VGG16 backbone; ``forward(a, b)`` takes images in [0, 1] -> [B] distances."""
+    """LPIPS v0.1 on ``net`` ("vgg" or "alex"); ``forward(a, b)`` takes images in [0, 1] -> [B] distances."""
 
-    def __init__(self) -> None:
+    def __init__(self, net: str = "vgg") -> None:
         super().__init__()
-        self.net = VGG16Features()
-        self.lins = nn.ModuleList(nn.Conv2d(c, 1, kernel_size=1, bias=False) for c in _CHANNELS)
+        if net not in _BACKBONES:
+            raise InputError(f"unknown LPIPS backbone {net!r}; choose from {', '.join(_BACKBONES)}")
+        self.net_name = net
+        self.net = _BACKBONES[net]()
+        self.lins = nn.ModuleList(nn.Conv2d(c, 1, kernel_size=1, bias=False) for c in self.net.channels)
         self.register_buffer("shift", torch.tensor(_SHIFT).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("scale", torch.tensor(_SCALE).view(1, 3, 1, 1), persistent=False)
 
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        """a, b: [B, 3, H, W] in [0, 1] (H, W >= 16) -> [B]."""
-        _check_pair(a, b)
+        """a, b: [B, 3, H, W] in [0, 1] (H, W >= 16 for VGG, 31 for AlexNet) -> [B]."""
+        _check_pair(a, b, self.net.min_side, self.net_name)
         x = torch.cat([a, b]).float()
         x = ((2 * x - 1) - self.shift) / self.scale  # [0, 1] -> [-1, 1] -> ImageNet-scaled
         n = a.shape[0]
@@ -91,65 +68,54 @@ class LPIPS(nn.Module):
             total = total + lin(d).mean(dim=(1, 2, 3))
         return total
 
-    def load_weights(self, vgg16: dict[str, torch.Tensor], heads: dict[str, torch.Tensor]) -> None:
-        """Load torchvision's VGG16 state dict (classifier keys ignored) and the LPIPS v0.1 heads."""
-        features = {k: v for k, v in vgg16.items() if k.startswith("features.")}
+    def load_weights(self, backbone: dict[str, torch.Tensor], heads: dict[str, torch.Tensor]) -> None:
+        """Load torchvision's state dict of the backbone (classifier keys ignored) and the LPIPS v0.1 heads."""
+        features = {k: v for k, v in backbone.items() if k.startswith("features.")}
         self.net.load_state_dict(features, strict=True)
-        self.lins.load_state_dict(_heads_from_lpips(heads), strict=True)
+        self.lins.load_state_dict(_heads_from_lpips(heads, len(self.lins), self.net_name), strict=True)
 
 
-def _heads_from_lpips(heads: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def _heads_from_lpips(heads: dict[str, torch.Tensor], n: int, net: str) -> dict[str, torch.Tensor]:
     """``lin{i}.model.1.weight`` (LPIPS' Dropout + Conv) -> ``{i}.weight`` of our ModuleList."""
     out = {}
-    for i in range(len(_CHANNELS)):
+    for i in range(n):
         key = f"lin{i}.model.1.weight"
         if key not in heads:
-            raise CheckpointError(f"LPIPS heads: key {key} missing; the file is not LPIPS v0.1 vgg.pth")
+            raise CheckpointError(f"LPIPS heads: key {key} missing; the file is not LPIPS v0.1 {net}.pth")
         out[f"{i}.weight"] = heads[key]
     return out
 
 
-def _check_pair(a: torch.Tensor, b: torch.Tensor) -> None:
+def _check_pair(a: torch.Tensor, b: torch.Tensor, min_side: int, net: str) -> None:
     if a.shape != b.shape or a.ndim != 4 or a.shape[1] != 3:
         raise InputError(f"LPIPS needs two [B, 3, H, W] images of one shape, got {tuple(a.shape)} and {tuple(b.shape)}")
-    if min(a.shape[-2:]) < _MIN_SIDE:
-        raise InputError(f"LPIPS needs images of at least {_MIN_SIDE}x{_MIN_SIDE} px, got {tuple(a.shape[-2:])}")
+    if min(a.shape[-2:]) < min_side:
+        raise InputError(f"LPIPS-{net} needs images of at least {min_side}x{min_side} px, got {tuple(a.shape[-2:])}")
 
 
-def default_cache_dir() -> Path:
-    """torch hub's checkpoint folder (``$TORCH_HOME/hub/checkpoints``), shared with torchvision."""
-    return Path(torch.hub.get_dir()) / "checkpoints"
+def load_lpips_nets(
+    nets: Sequence[str], device: torch.device | str | None = None, cache_dir: str | Path | None = None
+) -> dict[str, LPIPS]:
+    """net -> LPIPS with its published weights, frozen and in eval mode, on ``device`` (default CPU).
+
+    All files of all ``nets`` are resolved together: what is missing is named in one error.
+    """
+    unknown = [n for n in nets if n not in WEIGHTS]
+    if unknown:
+        raise InputError(f"unknown LPIPS backbone(s) {', '.join(unknown)}; choose from {', '.join(WEIGHTS)}")
+    states = load_weight_files([f for n in nets for f in WEIGHTS[n]], cache_dir, what="LPIPS weights")
+    models = {}
+    for n in nets:
+        backbone, heads = WEIGHTS[n]
+        model = LPIPS(n)
+        model.load_weights(states[backbone.name], states[heads.name])
+        models[n] = model.requires_grad_(False).eval().to(device or "cpu")
+    return models
 
 
-def _offline() -> bool:
-    return any(os.environ.get(k, "").lower() in ("1", "true", "yes") for k in ("FLUXSR_OFFLINE", "HF_HUB_OFFLINE"))
-
-
-def _fetch_state_dict(url: str, file_name: str, cache_dir: Path, check_hash: bool) -> dict[str, torch.Tensor]:
-    """The state dict in ``cache_dir/file_name``, downloaded from ``url`` first when absent."""
-    path = cache_dir / file_name
-    if not path.exists() and _offline():
-        raise CheckpointError(f"LPIPS weights {path}: not cached and offline; download {url} to that path")
-    try:
-        return torch.hub.load_state_dict_from_url(
-            url, model_dir=str(cache_dir), map_location="cpu", file_name=file_name, check_hash=check_hash, progress=False
-        )
-    except Exception as e:  # URLError, HTTPError, hash mismatch, unreadable file: one line for the user
-        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise CheckpointError(
-            f"LPIPS weights {path}: cannot load or download from {url} ({reason}); download it there by hand"
-        ) from None
-
-
-def load_lpips(device: torch.device | str | None = None, cache_dir: str | Path | None = None) -> LPIPS:
-    """LPIPS-VGG with its published weights, frozen and in eval mode, on ``device`` (default CPU)."""
-    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    vgg16 = _fetch_state_dict(VGG16_URL, VGG16_FILE, cache, check_hash=True)
-    heads = _fetch_state_dict(LPIPS_HEADS_URL, LPIPS_HEADS_FILE, cache, check_hash=False)
-    model = LPIPS()
-    model.load_weights(vgg16, heads)
-    model.requires_grad_(False).eval()
-    return model.to(device or "cpu")
+def load_lpips(device: torch.device | str | None = None, cache_dir: str | Path | None = None, net: str = "vgg") -> LPIPS:
+    """LPIPS on ``net`` with its published weights, frozen and in eval mode, on ``device`` (default CPU)."""
+    return load_lpips_nets((net,), device, cache_dir)[net]
 
 
 def tv_map(x: torch.Tensor) -> torch.Tensor:

@@ -14,10 +14,14 @@ from skimage import data
 from typer.testing import CliRunner
 
 from fluxsr_cli.cli import app
-from fluxsr_cli.quality.evaluate import EvalConfig, evaluate
-from fluxsr_cli.quality.lpips import LPIPS_HEADS_FILE, VGG16_FILE
+from fluxsr_cli.quality.dists import DISTS_WEIGHTS
+from fluxsr_cli.quality.evaluate import METRICS, EvalConfig, evaluate
+from fluxsr_cli.quality.lpips import VGG16_FILE, WEIGHTS
 from fluxsr_cli.quality.metrics import psnr_y, ssim_y
-from tests.lpips_weights import lpips_cache
+from tests.lpips_weights import dists_cache
+from tests.quality import test_dists
+from tests.quality.reference_pairs import reference_pairs
+from tests.quality.test_lpips_reference import PINNED, TOLERANCE
 
 PHOTOS = ("astronaut", "coffee", "chelsea")
 SIZE = 96
@@ -50,12 +54,13 @@ def folders(tmp_path_factory):
 
 @pytest.fixture
 def torch_home(tmp_path, monkeypatch):
-    """TORCH_HOME with the real LPIPS weights in hub/checkpoints, where load_lpips looks by default."""
-    src = lpips_cache()
+    """TORCH_HOME with the real LPIPS and DISTS weights in hub/checkpoints, where they are looked for by default."""
+    src = dists_cache()
     ckpt = tmp_path / "torch" / "hub" / "checkpoints"
     ckpt.mkdir(parents=True)
-    for name in (VGG16_FILE, LPIPS_HEADS_FILE):
-        (ckpt / name).symlink_to(src / name)
+    for f in {f for files in (*WEIGHTS.values(), DISTS_WEIGHTS) for f in files}:
+        (ckpt / f.name).symlink_to(src / f.name)
+    monkeypatch.delenv("FLUXSR_WEIGHTS_DIR", raising=False)
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     monkeypatch.setenv("FLUXSR_OFFLINE", "1")
     return tmp_path / "torch"
@@ -75,7 +80,7 @@ def test_table_csv_and_json(folders, torch_home, no_pyiqa, tmp_path):
     out_csv, out_json = tmp_path / "res.csv", tmp_path / "res.json"
     r = _run(str(pred_dir), "--gt", str(gt_dir), "--dataset", "realsr", "--csv", str(out_csv), "--json", str(out_json), "--device", "cpu")
     assert r.exit_code == 0, r.output
-    for text in ("psnr", "ssim", "lpips-vgg", "FluxSR paper (realsr)", "24.83", "0.7175"):
+    for text in ("psnr", "ssim", "lpips-alex", "lpips-vgg", "dists", "FluxSR paper (realsr)", "24.83", "0.7175", "0.3200"):
         assert text in r.stdout, text
     # pyiqa's metrics are reported unavailable, with the reason, on stderr
     assert "unavailable" in r.stderr and "musiq" in r.stderr and "pyiqa" in r.stderr
@@ -90,10 +95,12 @@ def test_table_csv_and_json(folders, torch_home, no_pyiqa, tmp_path):
         assert float(rows[name]["psnr"]) == pytest.approx(psnr_y(pred, gt, 4), abs=1e-6)
         assert float(rows[name]["ssim"]) == pytest.approx(ssim_y(pred, gt, 4), abs=1e-6)
         assert rows[name]["notes"] == ""
-    # heavier blur for each photo: LPIPS rises, SSIM falls
-    lp = [float(rows[n]["lpips-vgg"]) for n in PHOTOS]
+    # heavier blur for each photo: both LPIPS and DISTS rise, SSIM falls
+    for metric in ("lpips-alex", "lpips-vgg", "dists"):
+        lp = [float(rows[n][metric]) for n in PHOTOS]
+        assert lp[0] < lp[1] < lp[2], metric
     ss = [float(rows[n]["ssim"]) for n in PHOTOS]
-    assert lp[0] < lp[1] < lp[2] and ss[0] > ss[1] > ss[2]
+    assert ss[0] > ss[1] > ss[2]
     assert "differs from ground truth" in rows["small"]["notes"] and rows["small"]["psnr"] == ""
     assert "unreadable prediction" in rows["broken"]["notes"]
     assert "no ground truth" in rows["extra"]["notes"]
@@ -105,14 +112,42 @@ def test_table_csv_and_json(folders, torch_home, no_pyiqa, tmp_path):
     assert "musiq" in report["unavailable"] and report["paper"]["psnr"] == 24.83
 
 
+def test_lpips_values_match_the_pinned_references(tmp_path, monkeypatch, no_pyiqa):
+    """PSNR, SSIM, both LPIPS and DISTS with no extra installed, weights from --weights-dir, offline."""
+    pred_dir, gt_dir = tmp_path / "pred", tmp_path / "gt"
+    pred_dir.mkdir()
+    gt_dir.mkdir()
+    for name, (a, b) in reference_pairs().items():  # uint8 PNGs: the exact pinned inputs
+        Image.fromarray(np.clip(a, 0, 255).astype(np.uint8)).save(gt_dir / f"{name}.png")
+        Image.fromarray(np.clip(b, 0, 255).astype(np.uint8)).save(pred_dir / f"{name}.png")
+    monkeypatch.setenv("FLUXSR_OFFLINE", "1")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty"))
+    out_csv = tmp_path / "res.csv"
+    r = _run(str(pred_dir), "--gt", str(gt_dir), "--weights-dir", str(dists_cache()), "--csv", str(out_csv),
+             "--device", "cpu")
+    assert r.exit_code == 0, r.output
+    table = r.stdout.splitlines()
+    for metric in ("psnr", "ssim", "lpips-alex", "lpips-vgg", "dists"):
+        assert any(line.strip("│ ").startswith(metric) for line in table), metric
+    rows = {row["name"]: row for row in csv.DictReader(out_csv.open())}
+    assert set(rows) == set(PINNED)
+    for name, (alex, vgg) in PINNED.items():
+        assert abs(float(rows[name]["lpips-alex"]) - alex) <= TOLERANCE, name
+        assert abs(float(rows[name]["lpips-vgg"]) - vgg) <= TOLERANCE, name
+        assert abs(float(rows[name]["dists"]) - test_dists.PINNED[name]) <= test_dists.TOLERANCE, name
+
+
 def test_lpips_weights_missing_degrades_to_the_other_metrics(folders, tmp_path, monkeypatch, no_pyiqa):
+    monkeypatch.delenv("FLUXSR_WEIGHTS_DIR", raising=False)
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty"))
     monkeypatch.setenv("FLUXSR_OFFLINE", "1")
     pred_dir, gt_dir = folders
-    report = evaluate(EvalConfig(pred_dir, gt_dir, metrics=("psnr", "lpips-vgg", "dists"), device="cpu"))
+    report = evaluate(EvalConfig(pred_dir, gt_dir, metrics=("psnr", "lpips-vgg", "lpips-alex", "dists"), device="cpu"))
     assert report.metrics == ("psnr",)
     assert VGG16_FILE in report.unavailable["lpips-vgg"]
-    assert "pyiqa" in report.unavailable["dists"]
+    # one message names all five files (the VGG16 shared by LPIPS-VGG and DISTS once)
+    assert report.unavailable["lpips-alex"] == report.unavailable["lpips-vgg"] == report.unavailable["dists"]
+    assert "5 file(s)" in report.unavailable["dists"]
     assert report.counts["psnr"] == 3
 
 
@@ -133,7 +168,17 @@ def test_no_reference_only_without_pyiqa_is_a_clear_error(folders, no_pyiqa):
     pred_dir, _ = folders
     r = _run(str(pred_dir))
     assert r.exit_code == 2
-    assert "no metric can run" in r.stderr and "--gt" in r.stderr
+    assert "no metric can run" in r.stderr and "pip install 'fluxsr[eval]'" in r.stderr
+    assert "with --gt GT_DIR, PSNR, SSIM, LPIPS and DISTS run" in r.stderr  # no --gt given: the advice fits
+
+
+def test_help_lists_every_metric():
+    r = _run("--help")
+    assert r.exit_code == 0
+    flat = " ".join(r.stdout.replace("│", " ").split())
+    for name in METRICS:
+        assert name in flat, name
+    assert "always" not in flat  # the no-reference metrics need pyiqa
 
 
 def test_bad_options(folders, tmp_path):

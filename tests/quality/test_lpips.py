@@ -1,4 +1,7 @@
-"""LPIPS-VGG with the real pretrained weights, TV-LPIPS, and how the weights are resolved."""
+"""LPIPS with the real pretrained weights, TV-LPIPS, and how the weights are resolved.
+
+Values pinned from an independent implementation are in ``test_lpips_reference.py``.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +15,17 @@ from skimage import data
 from skimage.transform import resize
 
 from fluxsr_cli.errors import CheckpointError, InputError
-from fluxsr_cli.quality.lpips import LPIPS, LPIPS_HEADS_FILE, VGG16_FILE, load_lpips, tv_lpips, tv_map
+from fluxsr_cli.quality.lpips import (
+    LPIPS,
+    LPIPS_HEADS_FILE,
+    VGG16_FILE,
+    WEIGHTS,
+    load_lpips,
+    load_lpips_nets,
+    tv_lpips,
+    tv_map,
+)
+from fluxsr_cli.quality.weights import WEIGHTS_DIR_ENV
 from tests.lpips_weights import lpips_cache
 
 SIZE = 64
@@ -127,6 +140,34 @@ def test_offline_without_cache_is_a_checkpoint_error(tmp_path, monkeypatch):
     assert "\n" not in str(e.value)
 
 
+def test_offline_names_every_missing_file_of_every_net_in_one_error(tmp_path, monkeypatch):
+    (tmp_path / VGG16_FILE).write_bytes(b"present")  # only this one is there
+    monkeypatch.setenv("FLUXSR_OFFLINE", "1")
+    with pytest.raises(CheckpointError) as e:
+        load_lpips_nets(("alex", "vgg"), cache_dir=tmp_path)
+    message = str(e.value)
+    missing = [f for n in ("alex", "vgg") for f in WEIGHTS[n] if f.name != VGG16_FILE]
+    assert len(missing) == 3 and "3 file(s)" in message and str(tmp_path) in message
+    for f in missing:
+        assert f"{f.url} as {f.name}" in message
+    assert VGG16_FILE not in message and "\n" not in message
+
+
+def test_weights_dir_comes_from_the_environment(tmp_path, monkeypatch):
+    src = lpips_cache()
+    for files in WEIGHTS.values():
+        for f in files:
+            (tmp_path / f.name).symlink_to(src / f.name)
+    monkeypatch.setenv(WEIGHTS_DIR_ENV, str(tmp_path))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "elsewhere"))
+    monkeypatch.setenv("FLUXSR_OFFLINE", "1")
+    models = load_lpips_nets(("alex", "vgg"))
+    assert set(models) == {"alex", "vgg"} and models["alex"].net_name == "alex"
+    monkeypatch.setenv(WEIGHTS_DIR_ENV, str(tmp_path / "empty"))
+    with pytest.raises(CheckpointError, match="empty"):
+        load_lpips(net="alex")
+
+
 def test_failed_download_is_a_checkpoint_error(tmp_path, monkeypatch):
     def refuse(url, **kwargs):
         raise urllib.error.URLError("no route to host")
@@ -136,6 +177,12 @@ def test_failed_download_is_a_checkpoint_error(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.hub, "load_state_dict_from_url", refuse)
     with pytest.raises(CheckpointError, match="no route to host"):
         load_lpips(cache_dir=tmp_path)
+    with pytest.raises(CheckpointError) as e:  # every file that failed, in one message
+        load_lpips_nets(("alex", "vgg"), cache_dir=tmp_path)
+    assert "4 file(s)" in str(e.value) and "\n" not in str(e.value)
+    for files in WEIGHTS.values():
+        for f in files:
+            assert f"{f.url} as {f.name}" in str(e.value)
 
 
 def test_cached_files_are_used_without_network(tmp_path, monkeypatch):
@@ -144,6 +191,15 @@ def test_cached_files_are_used_without_network(tmp_path, monkeypatch):
         (tmp_path / name).symlink_to(src / name)
     monkeypatch.setenv("FLUXSR_OFFLINE", "1")
     assert isinstance(load_lpips(cache_dir=tmp_path), LPIPS)
+
+
+def test_alexnet_needs_31_px(tmp_path):
+    alex = LPIPS("alex")  # random weights: only the geometry matters here
+    assert alex(torch.rand(1, 3, 31, 40), torch.rand(1, 3, 31, 40)).shape == (1,)
+    with pytest.raises(InputError, match="31x31"):
+        alex(torch.rand(1, 3, 30, 40), torch.rand(1, 3, 30, 40))
+    with pytest.raises(InputError, match="backbone"):
+        LPIPS("squeeze")
 
 
 def test_bad_inputs_raise_input_error(lpips):

@@ -1,0 +1,85 @@
+"""The learned metrics' weight files: where they come from, where they are kept, and offline use.
+
+Every file is published at a public URL and fetched once into a weights folder: ``FLUXSR_WEIGHTS_DIR``
+when set (``fluxsr eval --weights-dir`` sets it for one run), else torch hub's ``checkpoints`` folder,
+where torchvision keeps the same backbone files. Offline (``FLUXSR_OFFLINE=1`` or
+``HF_HUB_OFFLINE=1``) nothing is downloaded. Whatever cannot be had is reported in one error that
+names every missing file and the URL to fetch it from, so one look at the message is enough.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from fluxsr_cli.errors import CheckpointError
+
+WEIGHTS_DIR_ENV = "FLUXSR_WEIGHTS_DIR"
+
+
+@dataclass(frozen=True)
+class WeightFile:
+    """One published state dict: its name in the weights folder and the URL it is downloaded from."""
+
+    name: str
+    url: str
+    check_hash: bool = False  # torchvision's files end in the first digits of their sha256
+
+
+def default_weights_dir() -> Path:
+    """``$FLUXSR_WEIGHTS_DIR``, else torch hub's checkpoint folder (``$TORCH_HOME/hub/checkpoints``)."""
+    chosen = os.environ.get(WEIGHTS_DIR_ENV, "").strip()
+    return Path(chosen).expanduser() if chosen else Path(torch.hub.get_dir()) / "checkpoints"
+
+
+def offline() -> bool:
+    return any(os.environ.get(k, "").lower() in ("1", "true", "yes") for k in ("FLUXSR_OFFLINE", "HF_HUB_OFFLINE"))
+
+
+def missing_files(files: Sequence[WeightFile], folder: Path) -> list[WeightFile]:
+    """The files of ``files`` that ``folder`` does not hold yet."""
+    return [f for f in files if not (folder / f.name).is_file()]
+
+
+def load_weight_files(
+    files: Sequence[WeightFile], folder: str | Path | None = None, what: str = "metric weights"
+) -> dict[str, dict[str, torch.Tensor]]:
+    """name -> state dict for each of ``files`` (duplicates once), downloading what ``folder`` lacks.
+
+    Raises one :class:`CheckpointError` naming every file that could not be had, with its URL.
+    """
+    folder = Path(folder) if folder is not None else default_weights_dir()
+    unique = list({f.name: f for f in files}.values())
+    if offline():
+        missing = missing_files(unique, folder)
+        if missing:
+            raise CheckpointError(
+                f"{what}: {len(missing)} file(s) not in {folder} and offline; {_fetch_advice(missing, folder)}"
+            )
+    loaded: dict[str, dict[str, torch.Tensor]] = {}
+    failed: list[tuple[WeightFile, str]] = []
+    for f in unique:
+        try:
+            loaded[f.name] = torch.hub.load_state_dict_from_url(
+                f.url, model_dir=str(folder), map_location="cpu", file_name=f.name, check_hash=f.check_hash,
+                progress=False, weights_only=True,
+            )
+        except Exception as e:  # URLError, HTTPError, hash mismatch, unreadable file: one line for the user
+            failed.append((f, str(e).splitlines()[0] if str(e) else type(e).__name__))
+    if failed:
+        reasons = "; ".join(f"{f.name}: {reason}" for f, reason in failed)
+        raise CheckpointError(
+            f"{what}: cannot load or download {len(failed)} file(s) ({reasons}); "
+            f"{_fetch_advice([f for f, _ in failed], folder)}"
+        )
+    return loaded
+
+
+def _fetch_advice(files: Sequence[WeightFile], folder: Path) -> str:
+    fetch = ", ".join(f"{f.url} as {f.name}" for f in files)
+    return (f"download {fetch} into {folder}, or point {WEIGHTS_DIR_ENV} (fluxsr eval --weights-dir) "
+            "at a folder that holds them")
