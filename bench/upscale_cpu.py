@@ -1,4 +1,4 @@
-"""CPU benchmark of `fluxsr upscale` with the tiny random FLUX stack (issue 3; not a test).
+"""CPU benchmark of `fluxsr upscale` with the tiny random FLUX stack (not a test).
 
 For square outputs of 512, 1024, 2048 and 4096 px (x4 from a real photo) it prints the number of
 transformer tiles, wall seconds, seconds inside the models (transformer + VAE calls) against seconds

@@ -1,4 +1,4 @@
-"""GPU benchmark of the one-step upscale with the full-size FLUX.1-dev architecture (issue 3; not a test).
+"""GPU benchmark of the one-step upscale with the full-size FLUX.1-dev architecture (not a test).
 
 Builds the FLUX.1-dev transformer (11.9B) and VAE from their configs (``fluxsr_cli.model.architectures``)
 with random bf16 weights directly on the GPU (no download), random fixed embeddings [1, 512, 4096] /

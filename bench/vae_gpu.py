@@ -1,4 +1,4 @@
-"""Speed of the FLUX VAE alone on a GPU under memory layouts and compilation (issue 3; not a test).
+"""Speed of the FLUX VAE alone on a GPU under memory layouts and compilation (not a test).
 
 At 1024 px the VAE (encode + decode) takes about as long as the whole 12B transformer pass, at
 ~120 TFLOP/s: its convolutions run in NCHW with GroupNorm and SiLU between them. This times VAE

@@ -159,7 +159,7 @@ def prepare(*parts: str) -> Path:
     return folder
 
 
-_failures: dict[str, str] = {}  # part -> the first failure of this session: later tests do not retry pip
+_failures: dict[str, str] = {}  # part -> the first failure of this test run: later tests do not retry pip
 
 
 def _cache(part: str) -> Path:
