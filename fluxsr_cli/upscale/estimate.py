@@ -16,11 +16,12 @@ import torch
 from fluxsr_cli.model.latents import VAE_FACTOR, padded_size
 from fluxsr_cli.upscale.tiling import default_overlap, tile_boxes
 
-# published dense bf16 tensor rates (fp32 accumulation), TFLOP/s, by a name fragment (first match wins)
-BF16_TFLOPS = (("H200", 989.0), ("H100", 989.0), ("B200", 2250.0), ("GH200", 989.0), ("A100", 312.0),
-               ("L40S", 362.0), ("RTX 6000 Ada", 364.0), ("L40", 181.0), ("RTX 5090", 209.0), ("RTX 4090", 165.0),
-               ("RTX 5080", 113.0), ("RTX 4080", 97.0), ("RTX 3090", 71.0), ("A6000", 155.0), ("A10", 125.0),
-               ("L4", 121.0), ("RTX 4070", 58.0), ("RTX 3080", 59.0), ("T4", 65.0))
+# published dense bf16 tensor rates with fp32 accumulation (what PyTorch's bf16 matmuls use; GeForce
+# cards run it at half their fp16-accumulate rate), TFLOP/s, by a name fragment (first match wins)
+BF16_TFLOPS = (("H200", 989.0), ("H100", 989.0), ("GH200", 989.0), ("B200", 2250.0), ("A100", 312.0),
+               ("L40S", 362.0), ("RTX 6000 Ada", 364.0), ("L40", 181.0), ("A6000", 155.0), ("L4", 121.0),
+               ("A10", 125.0), ("RTX 5090", 105.0), ("RTX 4090", 82.6), ("RTX 5080", 56.3), ("RTX 4080", 48.7),
+               ("RTX 3090", 35.6), ("RTX 4070", 29.1), ("RTX 3080", 29.8))
 EFFICIENCY = 0.44  # measured on an H200, eager: 435 TFLOP/s of 989 in the transformer
 VAE_SECONDS_PER_MP_H200 = 0.22  # measured on an H200, eager: encode + decode of a 16.8 MP output in 3.7 s
 # relative transformer speed of each mode against bf16 (unmeasured: expected from fp8 matmul rates

@@ -49,9 +49,14 @@ def command_lines(text: str) -> list[str]:
 
 
 def readme_lines() -> list[str]:
-    """The command lines of README.md's code blocks (inline mentions may be fragments)."""
-    readme = (ROOT / "README.md").read_text()
-    return command_lines("\n".join(re.findall(r"```(?:bash|sh|console)?\n(.*?)```", readme, flags=re.S)))
+    """The command lines of README.md's shell code blocks (inline mentions may be fragments)."""
+    shell, language = [], None
+    for line in (ROOT / "README.md").read_text().splitlines():
+        if line.startswith("```"):
+            language = None if language is not None else line[3:].strip()
+        elif language in ("bash", "sh", "console", ""):
+            shell.append(line)
+    return command_lines("\n".join(shell))
 
 
 @pytest.mark.parametrize("name", commands())
