@@ -48,13 +48,7 @@ def resolve(ref: str | Path, revision: str | None = None, offline: bool = False,
         return path
 
     from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import (
-        GatedRepoError,
-        HfHubHTTPError,
-        LocalEntryNotFoundError,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-    )
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
     repo = str(ref)
     offline = offline or _offline_env()
@@ -71,25 +65,51 @@ def resolve(ref: str | Path, revision: str | None = None, offline: bool = False,
     notice(f"downloading {repo}" + (f"@{revision}" if revision else "") + " from the Hugging Face Hub")
     try:
         return Path(snapshot_download(repo, revision=revision, allow_patterns=allow_patterns))
-    except GatedRepoError as e:
-        raise CheckpointError(_gated_message(repo, e)) from None
-    except RevisionNotFoundError:
-        raise CheckpointError(f"{repo}: revision {revision!r} does not exist; check --revision") from None
-    except RepositoryNotFoundError:
-        raise CheckpointError(
+    except (HfHubHTTPError, LocalEntryNotFoundError) as e:
+        raise hub_error(repo, e, revision) from None
+
+
+def is_network_error(error: BaseException) -> bool:
+    """An error of the HTTP stack under huggingface_hub (httpx or its fork: no connection, a timeout, ...)."""
+    return type(error).__module__.split(".")[0] in ("httpx", "httpx2", "httpcore", "httpcore2")
+
+
+def hub_error(repo: str, error: BaseException, revision: str | None = None) -> CheckpointError:
+    """The one-line :class:`CheckpointError` for a failed read of ``repo`` (gated, missing, offline, ...).
+
+    ``error`` is what a huggingface_hub call raised; anything else is reported as a failed download.
+    """
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        OfflineModeIsEnabled,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    if isinstance(error, GatedRepoError):
+        return CheckpointError(_gated_message(repo, error))
+    if isinstance(error, RevisionNotFoundError):
+        return CheckpointError(f"{repo}: revision {revision!r} does not exist; check --revision")
+    if isinstance(error, RepositoryNotFoundError):
+        return CheckpointError(
             f"{repo}: no such repository on the Hugging Face Hub (or it is private); check the name, "
             "or log in with `hf auth login` if it is private"
-        ) from None
-    except LocalEntryNotFoundError:
-        raise CheckpointError(
+        )
+    if isinstance(error, OfflineModeIsEnabled):
+        return CheckpointError(f"{repo}: offline mode is on (HF_HUB_OFFLINE) and this needs the Hub; "
+                               "unset HF_HUB_OFFLINE, or use what the local cache holds")
+    if isinstance(error, LocalEntryNotFoundError) or is_network_error(error):
+        return CheckpointError(
             f"{repo}: cannot reach the Hugging Face Hub and nothing is cached; check the network, "
             "or pass a local folder"
-        ) from None
-    except HfHubHTTPError as e:
-        status = getattr(getattr(e, "response", None), "status_code", None)
-        if status in (401, 403):
-            raise CheckpointError(_gated_message(repo, e)) from None
-        raise CheckpointError(f"{repo}: download failed ({str(e).splitlines()[0]}); retry later") from None
+        )
+    status = getattr(getattr(error, "response", None), "status_code", None)
+    if isinstance(error, HfHubHTTPError) and status in (401, 403):
+        return CheckpointError(_gated_message(repo, error))
+    first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    return CheckpointError(f"{repo}: download failed ({first}); retry later")
 
 
 def _gated_message(repo: str, error: Exception) -> str:
