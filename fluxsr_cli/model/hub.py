@@ -2,7 +2,8 @@
 
 :func:`resolve` turns a reference (a folder, or a repo id with a revision) into a local folder,
 downloading only the files a command needs (``allow_patterns``), and turns every Hub failure
-(offline, gated, missing repo or revision) into one :class:`CheckpointError` line that says what to do.
+(offline, gated, missing repo or revision) into one :class:`CheckpointError` line that says what to do
+(:func:`hub_error`). :func:`upload_folder` publishes a checkpoint folder as one commit.
 """
 
 from __future__ import annotations
@@ -121,3 +122,51 @@ def _gated_message(repo: str, error: Exception) -> str:
                 f"https://huggingface.co/{repo}, then run `hf auth login` or set HF_TOKEN")
     return (f"{repo}: your Hugging Face account has no access yet; accept the licence at "
             f"https://huggingface.co/{repo} and retry")
+
+
+def upload_folder(folder: Path, repo_id: str, private: bool = False, message: str = "Upload fluxsr checkpoint") -> str:
+    """Create the model repo ``repo_id`` if needed and upload ``folder`` to it; return the commit's URL.
+
+    ``upload_folder`` makes one commit: when it fails, the repo holds nothing of this upload. Every
+    failure (offline, no network, not logged in, no write access) is one :class:`CheckpointError` line.
+    ``private`` applies to a repo this call creates; an existing repo keeps its visibility.
+    """
+    from huggingface_hub import HfApi
+
+    api = HfApi()
+    try:
+        api.create_repo(repo_id, private=private, exist_ok=True)
+        commit = api.upload_folder(repo_id=repo_id, folder_path=str(folder), commit_message=message)
+    except Exception as e:
+        error = _upload_error(repo_id, e)
+        if error is None:
+            raise
+        raise CheckpointError(f"{error}; nothing was committed to {repo_id} (the upload is one commit) and the "
+                              f"checkpoint stays in {folder}") from None
+    return str(getattr(commit, "commit_url", None) or f"https://huggingface.co/{repo_id}")
+
+
+def _upload_error(repo_id: str, error: BaseException) -> str | None:
+    from huggingface_hub.errors import (
+        HfHubHTTPError,
+        HFValidationError,
+        LocalTokenNotFoundError,
+        OfflineModeIsEnabled,
+    )
+
+    if isinstance(error, HFValidationError):
+        return f"{repo_id}: not a valid repo id ({str(error).splitlines()[0]}); give NAMESPACE/NAME"
+    if isinstance(error, OfflineModeIsEnabled):
+        return f"{repo_id}: cannot upload, offline mode is on (HF_HUB_OFFLINE); unset it and rerun"
+    if is_network_error(error):
+        return f"{repo_id}: cannot reach the Hugging Face Hub ({str(error).splitlines()[0]}); check the network"
+    status = getattr(getattr(error, "response", None), "status_code", None)
+    if isinstance(error, LocalTokenNotFoundError) or status == 401:
+        return (f"{repo_id}: not logged in to the Hugging Face Hub (or the token is invalid); run `hf auth login` "
+                "with a token that can write, or set HF_TOKEN")
+    if status == 403:
+        return (f"{repo_id}: your token may not write there (a read-only token, or a namespace that is not yours); "
+                "use a write token, or a repo under your own name")
+    if isinstance(error, HfHubHTTPError):
+        return f"{repo_id}: upload failed ({(str(error).strip().splitlines() or ['HTTP error'])[0]}); retry later"
+    return None
