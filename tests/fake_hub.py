@@ -46,6 +46,10 @@ class FakeHub:
         """Paths of the file downloads (GET on /resolve), in order."""
         return [p for m, p, _ in self.requests if m == "GET" and "/resolve/" in p]
 
+    def file_requests(self) -> list[str]:
+        """Paths of every request for a file (HEAD for its metadata or GET), in order."""
+        return [p for m, p, _ in self.requests if "/resolve/" in p]
+
     def handler(self, http):
         def handle(request):
             path, method = request.url.path, request.method

@@ -139,7 +139,7 @@ def test_too_small_a_disk_is_refused_before_any_file(served_hub):
     with pytest.raises(ResourceError, match=f"needs {dl.format_bytes(need)} but the disk has") as e:
         dl.download(tight)
     assert e.value.exit_code == 4 and "\n" not in str(e.value)
-    assert served_hub.file_gets() == []
+    assert served_hub.file_requests() == []
     dl.check_plan(dl.plan_upscale("org/ckpt", free_bytes=need))  # exactly enough is enough
 
 
@@ -155,7 +155,7 @@ def test_gated_base_is_refused_as_upscale_words_it_before_any_file(tiny_base, tm
         hub.requests.clear()
         with pytest.raises(CheckpointError) as fetched:
             dl.download(plan)
-        assert hub.file_gets() == []  # not even the checkpoint's files: access is checked first
+        assert hub.file_requests() == []  # not one file asked for, not even the checkpoint's: access comes first
         with pytest.raises(CheckpointError) as checked:
             dl.check_plan(plan)  # what --dry-run runs
     assert str(fetched.value) == str(checked.value) == str(upscale.value)

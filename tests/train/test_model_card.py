@@ -112,3 +112,20 @@ def test_validation_grid_and_bad_eval_files(tmp_path):
     (tmp_path / "y.json").write_text("{")
     with pytest.raises(InputError, match="cannot read it as JSON"):
         read_eval(tmp_path / "y.json")
+
+
+def test_push_refuses_a_checkpoint_that_names_a_local_base(tmp_path, tiny_ckpt, monkeypatch):
+    import shutil
+
+    from huggingface_hub import HfApi
+
+    from fluxsr_cli.train.checkpoints import push_checkpoint
+
+    def no_hub(*args, **kwargs):
+        raise AssertionError("the Hub was called")
+
+    monkeypatch.setattr(HfApi, "create_repo", no_hub)
+    folder = shutil.copytree(tiny_ckpt, tmp_path / "ckpt")  # its fluxsr.json names the tiny base's folder
+    assert Path(json.loads((folder / "fluxsr.json").read_text())["base_model"]).is_dir()
+    with pytest.raises(InputError, match="names the local base"):
+        push_checkpoint(folder, "me/x")
