@@ -65,6 +65,20 @@ def offline_hub(hub_cache, monkeypatch) -> Path:
     return hub_cache
 
 
+@pytest.fixture()
+def served_hub(tiny_base, tmp_path, monkeypatch):
+    """A fake Hub (``tests/fake_hub.py``) serving the tiny base as ``org/base`` and a LoRA checkpoint for
+    it as ``org/ckpt``; huggingface_hub is online against it, logged out, with an empty cache."""
+    from fluxsr_cli.model.tiny import save_tiny_checkpoint
+    from tests.fake_hub import FakeHub
+
+    hub = FakeHub()
+    hub.add("org/base", tiny_base)
+    hub.add("org/ckpt", save_tiny_checkpoint(tmp_path / "served-ckpt", "org/base"))
+    with hub.serving(monkeypatch, tmp_path / "served-cache"):
+        yield hub
+
+
 @pytest.fixture(scope="session")
 def photo() -> np.ndarray:
     """A real photo (skimage's astronaut), uint8 [512, 512, 3]."""

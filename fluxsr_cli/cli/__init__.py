@@ -10,7 +10,7 @@ from __future__ import annotations
 import typer
 
 from fluxsr_cli import __version__
-from fluxsr_cli.cli import batch, degrade, demo, distill, evaluate, info, pairs, upscale
+from fluxsr_cli.cli import batch, degrade, demo, distill, download, evaluate, info, pairs, upscale
 from fluxsr_cli.cli.common import STATE
 
 app = typer.Typer(
@@ -44,6 +44,7 @@ app.command("pairs")(pairs.pairs)
 app.add_typer(distill.app, name="distill")
 app.command("eval")(evaluate.evaluate)
 app.command("info")(info.info)
+app.command("download")(download.download)
 app.command("demo")(demo.demo)
 
 

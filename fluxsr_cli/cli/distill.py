@@ -63,14 +63,29 @@ def export(
     checkpoint: Annotated[Path | None, typer.Option("--checkpoint", help="A step-* folder (default: the latest).")]
     = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output folder.")] = False,
+    eval_: Annotated[list[Path] | None, typer.Option("--eval", help="A `fluxsr eval --json` result for the model "
+                                                      "card's table (repeatable).")] = None,
+    image: Annotated[Path | None, typer.Option("--image", help="A before/after picture for the model card "
+                                               "(default: the run's last validation grid).")] = None,
+    base_id: Annotated[str | None, typer.Option("--base-id", help="Hub id of the base, when the run read it from "
+                                                "a local folder (e.g. black-forest-labs/FLUX.1-dev).")] = None,
+    push_to_hub: Annotated[str | None, typer.Option("--push-to-hub", help="Also upload the checkpoint to this Hub "
+                                                    "model repo (NAMESPACE/NAME), as one commit.")] = None,
+    private: Annotated[bool, typer.Option("--private", help="Create the --push-to-hub repo private.")] = False,
 ) -> None:
-    """Write the fluxsr checkpoint format that `fluxsr upscale --model` loads.
+    """Write the fluxsr checkpoint format that `fluxsr upscale --model` loads, with a model card (README.md).
 
     Examples:
       fluxsr distill export runs/ftd -o my-fluxsr
       fluxsr distill export runs/ftd --checkpoint runs/ftd/checkpoints/step-0002000 -o my-fluxsr-2k
+      fluxsr distill export runs/ftd -o my-fluxsr --eval realsr.json --push-to-hub me/my-fluxsr --private
     """
-    from fluxsr_cli.train.checkpoints import export_checkpoint
+    from fluxsr_cli.train.checkpoints import export_checkpoint, push_checkpoint
+    from fluxsr_cli.train.model_card import CardOptions
 
-    path = export_checkpoint(run_dir, output, checkpoint=checkpoint, overwrite=overwrite)
+    card = CardOptions(evals=tuple(eval_ or ()), image=image, repo_id=push_to_hub, base_id=base_id)
+    path = export_checkpoint(run_dir, output, checkpoint=checkpoint, overwrite=overwrite, card=card)
     out.print(f"wrote {path}")
+    if push_to_hub:
+        console.print(f"uploading {path} to {push_to_hub}")
+        out.print(f"uploaded to {push_checkpoint(path, push_to_hub, private=private)}")

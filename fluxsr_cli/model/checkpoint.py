@@ -194,13 +194,14 @@ def read_checkpoint(ref: str | Path, revision: str | None = None, offline: bool 
 def save_checkpoint(out_dir: Path, info: CheckpointInfo, embeddings: dict[str, torch.Tensor],
                     lora_state_dict: dict[str, torch.Tensor] | None = None,
                     lora_config: dict[str, Any] | None = None, transformer: Any = None,
-                    overwrite: bool = False) -> Path:
+                    overwrite: bool = False, files: dict[str, bytes] | None = None) -> Path:
     """Write a fluxsr-format checkpoint folder atomically (a temporary folder renamed into place).
 
     The temporaries that killed exports of ``out_dir`` left are removed first.
 
     ``lora_state_dict`` uses peft keys without the ``transformer.`` prefix (as
     ``peft.get_peft_model_state_dict`` returns them); it is saved in diffusers' LoRA layout.
+    ``files`` (relative path -> content) go into the same folder: the model card and its pictures.
     """
     from diffusers import FluxPipeline
     from safetensors.torch import save_file
@@ -223,6 +224,9 @@ def save_checkpoint(out_dir: Path, info: CheckpointInfo, embeddings: dict[str, t
             )
         else:
             transformer.save_pretrained(str(tmp / "transformer"))
+        for name, content in (files or {}).items():
+            (tmp / name).parent.mkdir(parents=True, exist_ok=True)
+            (tmp / name).write_bytes(content)
         if out_dir.exists():
             shutil.rmtree(out_dir)
         finish_temporary(tmp, out_dir)

@@ -2,7 +2,8 @@
 
 :func:`resolve` turns a reference (a folder, or a repo id with a revision) into a local folder,
 downloading only the files a command needs (``allow_patterns``), and turns every Hub failure
-(offline, gated, missing repo or revision) into one :class:`CheckpointError` line that says what to do.
+(offline, gated, missing repo or revision) into one :class:`CheckpointError` line that says what to do
+(:func:`hub_error`). :func:`upload_folder` publishes a checkpoint folder as one commit.
 """
 
 from __future__ import annotations
@@ -78,13 +79,7 @@ def resolve(ref: str | Path, revision: str | None = None, offline: bool = False,
         return path
 
     from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import (
-        GatedRepoError,
-        HfHubHTTPError,
-        LocalEntryNotFoundError,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-    )
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
     repo = str(ref)
     offline = offline or _offline_env()
@@ -106,25 +101,51 @@ def resolve(ref: str | Path, revision: str | None = None, offline: bool = False,
     notice(f"downloading {repo}" + (f"@{revision}" if revision else "") + " from the Hugging Face Hub")
     try:
         return Path(snapshot_download(repo, revision=revision, allow_patterns=allow_patterns))
-    except GatedRepoError as e:
-        raise CheckpointError(_gated_message(repo, e)) from None
-    except RevisionNotFoundError:
-        raise CheckpointError(f"{repo}: revision {revision!r} does not exist; check --revision") from None
-    except RepositoryNotFoundError:
-        raise CheckpointError(
+    except (HfHubHTTPError, LocalEntryNotFoundError) as e:
+        raise hub_error(repo, e, revision) from None
+
+
+def is_network_error(error: BaseException) -> bool:
+    """An error of the HTTP stack under huggingface_hub (httpx or its fork: no connection, a timeout, ...)."""
+    return type(error).__module__.split(".")[0] in ("httpx", "httpx2", "httpcore", "httpcore2")
+
+
+def hub_error(repo: str, error: BaseException, revision: str | None = None) -> CheckpointError:
+    """The one-line :class:`CheckpointError` for a failed read of ``repo`` (gated, missing, offline, ...).
+
+    ``error`` is what a huggingface_hub call raised; anything else is reported as a failed download.
+    """
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        OfflineModeIsEnabled,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    if isinstance(error, GatedRepoError):
+        return CheckpointError(_gated_message(repo, error))
+    if isinstance(error, RevisionNotFoundError):
+        return CheckpointError(f"{repo}: revision {revision!r} does not exist; check --revision")
+    if isinstance(error, RepositoryNotFoundError):
+        return CheckpointError(
             f"{repo}: no such repository on the Hugging Face Hub (or it is private); check the name, "
             "or log in with `hf auth login` if it is private"
-        ) from None
-    except LocalEntryNotFoundError:
-        raise CheckpointError(
+        )
+    if isinstance(error, OfflineModeIsEnabled):
+        return CheckpointError(f"{repo}: offline mode is on (HF_HUB_OFFLINE) and this needs the Hub; "
+                               "unset HF_HUB_OFFLINE, or use what the local cache holds")
+    if isinstance(error, LocalEntryNotFoundError) or is_network_error(error):
+        return CheckpointError(
             f"{repo}: cannot reach the Hugging Face Hub and nothing is cached; check the network, "
             "or pass a local folder"
-        ) from None
-    except HfHubHTTPError as e:
-        status = getattr(getattr(e, "response", None), "status_code", None)
-        if status in (401, 403):
-            raise CheckpointError(_gated_message(repo, e)) from None
-        raise CheckpointError(f"{repo}: download failed ({str(e).splitlines()[0]}); retry later") from None
+        )
+    status = getattr(getattr(error, "response", None), "status_code", None)
+    if isinstance(error, HfHubHTTPError) and status in (401, 403):
+        return CheckpointError(_gated_message(repo, error))
+    first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    return CheckpointError(f"{repo}: download failed ({first}); retry later")
 
 
 def _gated_message(repo: str, error: Exception) -> str:
@@ -136,3 +157,51 @@ def _gated_message(repo: str, error: Exception) -> str:
                 f"https://huggingface.co/{repo}, then run `hf auth login` or set HF_TOKEN")
     return (f"{repo}: your Hugging Face account has no access yet; accept the licence at "
             f"https://huggingface.co/{repo} and retry")
+
+
+def upload_folder(folder: Path, repo_id: str, private: bool = False, message: str = "Upload fluxsr checkpoint") -> str:
+    """Create the model repo ``repo_id`` if needed and upload ``folder`` to it; return the commit's URL.
+
+    ``upload_folder`` makes one commit: when it fails, the repo holds nothing of this upload. Every
+    failure (offline, no network, not logged in, no write access) is one :class:`CheckpointError` line.
+    ``private`` applies to a repo this call creates; an existing repo keeps its visibility.
+    """
+    from huggingface_hub import HfApi
+
+    api = HfApi()
+    try:
+        api.create_repo(repo_id, private=private, exist_ok=True)
+        commit = api.upload_folder(repo_id=repo_id, folder_path=str(folder), commit_message=message)
+    except Exception as e:
+        error = _upload_error(repo_id, e)
+        if error is None:
+            raise
+        raise CheckpointError(f"{error}; nothing was committed to {repo_id} (the upload is one commit) and the "
+                              f"checkpoint stays in {folder}") from None
+    return str(getattr(commit, "commit_url", None) or f"https://huggingface.co/{repo_id}")
+
+
+def _upload_error(repo_id: str, error: BaseException) -> str | None:
+    from huggingface_hub.errors import (
+        HfHubHTTPError,
+        HFValidationError,
+        LocalTokenNotFoundError,
+        OfflineModeIsEnabled,
+    )
+
+    if isinstance(error, HFValidationError):
+        return f"{repo_id}: not a valid repo id ({str(error).splitlines()[0]}); give NAMESPACE/NAME"
+    if isinstance(error, OfflineModeIsEnabled):
+        return f"{repo_id}: cannot upload, offline mode is on (HF_HUB_OFFLINE); unset it and rerun"
+    if is_network_error(error):
+        return f"{repo_id}: cannot reach the Hugging Face Hub ({str(error).splitlines()[0]}); check the network"
+    status = getattr(getattr(error, "response", None), "status_code", None)
+    if isinstance(error, LocalTokenNotFoundError) or status == 401:
+        return (f"{repo_id}: not logged in to the Hugging Face Hub (or the token is invalid); run `hf auth login` "
+                "with a token that can write, or set HF_TOKEN")
+    if status == 403:
+        return (f"{repo_id}: your token may not write there (a read-only token, or a namespace that is not yours); "
+                "use a write token, or a repo under your own name")
+    if isinstance(error, HfHubHTTPError):
+        return f"{repo_id}: upload failed ({(str(error).strip().splitlines() or ['HTTP error'])[0]}); retry later"
+    return None

@@ -18,6 +18,7 @@ from fluxsr_cli.atomic import finish_temporary, make_temporary
 from fluxsr_cli.errors import CheckpointError, InputError
 from fluxsr_cli.progress import Notice
 from fluxsr_cli.train.config import DistillConfig, load_distill_config, lora_config
+from fluxsr_cli.train.model_card import CardOptions
 
 LORA_FILE = "lora.safetensors"
 STATE_FILE = "trainer_state.json"
@@ -80,35 +81,52 @@ def save_training_state(accelerator: Any, run_dir: Path, step: int, keep_last: i
     return final
 
 
-def export_checkpoint(run_dir: Path, out: Path, checkpoint: Path | None = None, overwrite: bool = False) -> Path:
-    """Write the fluxsr checkpoint format (``fluxsr upscale --model OUT``) from a run's latest (or given) state."""
+def export_checkpoint(run_dir: Path, out: Path, checkpoint: Path | None = None, overwrite: bool = False,
+                      card: CardOptions | None = None) -> Path:
+    """Write the fluxsr checkpoint format (``fluxsr upscale --model OUT``) from a run's latest (or given) state,
+    with its model card (``README.md``).
+
+    ``fluxsr.json`` names the base by its Hub id when one is known (:func:`published_base`); the local
+    folder of a base without one stays there, so the export still loads on this machine, and
+    publishing it (``card.repo_id``) is refused. The data set's local path is not exported: the
+    run's ``distill.toml`` keeps it.
+    """
     from peft import get_peft_model_state_dict  # noqa: F401  (peft must be importable to load it back)
 
     from fluxsr_cli.model.checkpoint import CheckpointInfo, load_safetensors, save_checkpoint
+    from fluxsr_cli.train.model_card import card_files, published_base
 
+    card = card or CardOptions()
     run_dir = Path(run_dir)
     if not (run_dir / "distill.toml").is_file():
         raise InputError(f"{run_dir}: not a distill run folder (no distill.toml)")
     config = load_distill_config(run_dir / "distill.toml")
+    base = published_base(config.base_model, card.base_id)
+    if base is None and card.repo_id:
+        raise InputError(f"{run_dir}: trained on the local base {config.base_model}, whose Hub id is unknown; pass "
+                         "--base-id (e.g. black-forest-labs/FLUX.1-dev) so the published checkpoint names a base "
+                         "others can download")
     found = list_checkpoints(run_dir)
     state = Path(checkpoint) if checkpoint else (found[-1] if found else None)
     if state is None:
         raise InputError(f"{run_dir}: holds no finished checkpoint yet; train at least checkpoint_every steps")
     step = json.loads((state / STATE_FILE).read_text())["step"]
     embeddings = load_safetensors(run_dir / "embeddings.safetensors")
-    info = CheckpointInfo(base_model=str(config.base_model), base_revision=config.base_revision, t_l=config.t_l,
-                          guidance=config.guidance,
+    base_model, base_revision = base if base else (str(config.base_model), None)
+    info = CheckpointInfo(base_model=base_model, base_revision=config.base_revision or base_revision,
+                          t_l=config.t_l, guidance=config.guidance,
                           lora_rank=config.lora_rank if config.finetune == "lora" else None,
                           lora_alpha=config.lora_alpha if config.finetune == "lora" else None,
-                          extra={"trained_steps": step, "data": str(config.data), "finetune": config.finetune})
+                          extra={"trained_steps": step, "finetune": config.finetune})
+    files = card_files(config, run_dir, step, base[0] if base else None, card)
     if config.finetune == "lora":
         lora = load_safetensors(state / LORA_FILE)
         meta = lora_config(config).to_dict()
         meta = {k: (sorted(v) if isinstance(v, set) else v) for k, v in meta.items()}
         return save_checkpoint(Path(out), info, embeddings, lora_state_dict=lora, lora_config=meta,
-                               overwrite=overwrite)
+                               overwrite=overwrite, files=files)
     transformer = _full_transformer(config, state)
-    return save_checkpoint(Path(out), info, embeddings, transformer=transformer, overwrite=overwrite)
+    return save_checkpoint(Path(out), info, embeddings, transformer=transformer, overwrite=overwrite, files=files)
 
 
 def _full_transformer(config: DistillConfig, state: Path):
@@ -128,3 +146,24 @@ def _full_transformer(config: DistillConfig, state: Path):
     weights = {k.removeprefix("transformer."): v for k, v in weights.items()}
     transformer.load_state_dict(weights, strict=True)
     return transformer
+
+
+def push_checkpoint(folder: Path, repo_id: str, private: bool = False) -> str:
+    """Upload an exported checkpoint folder to the Hub model repo ``repo_id`` (one commit); return its URL.
+
+    A checkpoint whose ``fluxsr.json`` names a local base is refused: nobody else could load it.
+    """
+    from fluxsr_cli.model.hub import is_local_ref, upload_folder
+
+    settings = Path(folder) / "fluxsr.json"
+    try:
+        info = json.loads(settings.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise InputError(f"{settings}: cannot read it ({e}); export the checkpoint again") from None
+    base = str(info.get("base_model", ""))
+    if not base or is_local_ref(base):
+        raise InputError(f"{settings}: names the local base {base!r}; export again with --base-id REPO (the Hub id "
+                         "of that base) before publishing")
+    steps = info.get("extra", {}).get("trained_steps")
+    message = "Upload fluxsr checkpoint" + (f" ({steps} steps)" if steps is not None else "")
+    return upload_folder(Path(folder), repo_id, private=private, message=message)

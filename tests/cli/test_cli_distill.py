@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -25,6 +27,17 @@ def pairs(tiny_base, tmp_path_factory):
     return make_pairs(tmp_path_factory.mktemp("pairs") / "data", tiny_base, n=6, size=32)
 
 
+@pytest.fixture(scope="module")
+def trained_run(pairs, tiny_base, tmp_path_factory):
+    """A run of 2 steps with a validation grid at step 2, trained once for this module's tests."""
+    root = tmp_path_factory.mktemp("run")
+    result = runner.invoke(app, ["distill", "--config", str(_toml(root, pairs, tiny_base)), "--set", "lr=1e-3"])
+    assert result.exit_code == 0, result.output
+    assert "held-out one-step latent error" in result.output
+    assert (root / "run" / "validation" / "step-0000002.png").is_file()
+    return root / "run"
+
+
 def _toml(tmp_path, pairs, base):
     path = tmp_path / "ftd.toml"
     path.write_text(f'[pairs]\noutput = "{pairs}"\n\n[distill]\ndata = "{pairs}"\noutput_dir = "{tmp_path / "run"}"\n'
@@ -34,11 +47,10 @@ def _toml(tmp_path, pairs, base):
     return path
 
 
-def test_distill_trains_resumes_and_exports(pairs, tiny_base, tmp_path):
-    config = _toml(tmp_path, pairs, tiny_base)
-    result = runner.invoke(app, ["distill", "--config", str(config), "--set", "lr=1e-3"])
-    assert result.exit_code == 0, result.output
-    assert "held-out one-step latent error" in result.output
+def test_distill_trains_resumes_and_exports(trained_run, tmp_path):
+    shutil.copytree(trained_run, tmp_path / "run")  # trained for 2 steps (and checked) by the fixture
+    config = tmp_path / "ftd.toml"  # the fixture's settings, in this copy
+    config.write_text((trained_run.parent / "ftd.toml").read_text().replace(str(trained_run), str(tmp_path / "run")))
     assert (tmp_path / "run" / "checkpoints" / "step-0000002").is_dir()
     again = runner.invoke(app, ["distill", "--config", str(config), "--set", "max_steps=3", "--resume", "latest"])
     assert again.exit_code == 0, again.output
@@ -85,3 +97,104 @@ def test_a_run_killed_while_checkpointing_resumes_without_its_temporary(pairs, t
     exported = runner.invoke(app, ["distill", "export", str(tmp_path / "run"), "-o", str(out)])
     assert exported.exit_code == 0, exported.output
     assert not list(tmp_path.glob(".*")) and (out / "fluxsr.json").is_file()
+
+
+def _error_lines(output: str) -> list[str]:
+    return [line for line in output.splitlines() if line.startswith("error:")]
+
+
+def test_export_writes_a_model_card_and_publishes_no_local_path(trained_run, tiny_base, pairs, tmp_path):
+    from huggingface_hub import ModelCard
+
+    out = tmp_path / "ckpt"
+    result = runner.invoke(app, ["distill", "export", str(trained_run), "-o", str(out),
+                                 "--base-id", "black-forest-labs/FLUX.1-dev"])
+    assert result.exit_code == 0, result.output
+    card = ModelCard.load(out / "README.md")
+    assert card.data.base_model == "black-forest-labs/FLUX.1-dev" and card.data.license_name == (
+        "flux-1-dev-non-commercial-license")
+    assert "## Training" in card.text and "| optimizer steps | 2 |" in card.text
+    assert "(images/validation.png)" in card.text
+    assert (out / "images" / "validation.png").read_bytes() == (trained_run / "validation" / "step-0000002.png").read_bytes()
+    info = json.loads((out / "fluxsr.json").read_text())
+    assert info["base_model"] == "black-forest-labs/FLUX.1-dev" and "data" not in info["extra"]
+    for local in (str(tiny_base), str(pairs), str(trained_run)):
+        assert local not in (out / "fluxsr.json").read_text() and local not in (out / "README.md").read_text()
+
+
+def test_export_without_a_hub_id_keeps_the_local_base_and_refuses_to_publish(trained_run, tiny_base, tmp_path,
+                                                                              monkeypatch):
+    out = tmp_path / "ckpt"
+    local = runner.invoke(app, ["distill", "export", str(trained_run), "-o", str(out)])
+    assert local.exit_code == 0, local.output
+    assert json.loads((out / "fluxsr.json").read_text())["base_model"] == str(tiny_base)  # loads on this machine
+    assert str(tiny_base) not in (out / "README.md").read_text()
+
+    def no_hub(*args, **kwargs):
+        raise AssertionError("the Hub was called")
+
+    from huggingface_hub import HfApi
+
+    monkeypatch.setattr(HfApi, "create_repo", no_hub)
+    refused = runner.invoke(app, ["distill", "export", str(trained_run), "-o", str(tmp_path / "pub"),
+                                  "--push-to-hub", "me/x"])
+    assert refused.exit_code == 2 and "--base-id" in _error_lines(refused.output)[0]
+    assert not (tmp_path / "pub").exists()
+
+
+def test_push_uploads_the_exported_folder_as_one_commit(trained_run, tmp_path, monkeypatch):
+    from huggingface_hub import CommitInfo, HfApi
+
+    calls = []
+
+    def create_repo(self, repo_id, **kwargs):
+        calls.append(("create_repo", repo_id, kwargs))
+
+    def upload_folder(self, **kwargs):
+        calls.append(("upload_folder", kwargs["repo_id"], {"files": sorted(
+            p.relative_to(kwargs["folder_path"]).as_posix() for p in Path(kwargs["folder_path"]).rglob("*")
+            if p.is_file())}))
+        return CommitInfo(commit_url="https://huggingface.co/me/x/commit/abc", commit_message="m",
+                          commit_description="", oid="abc")
+
+    monkeypatch.setattr(HfApi, "create_repo", create_repo)
+    monkeypatch.setattr(HfApi, "upload_folder", upload_folder)
+    out = tmp_path / "ckpt"
+    result = runner.invoke(app, ["distill", "export", str(trained_run), "-o", str(out), "--base-id",
+                                 "black-forest-labs/FLUX.1-dev", "--push-to-hub", "me/x", "--private"])
+    assert result.exit_code == 0, result.output
+    assert "uploaded to https://huggingface.co/me/x/commit/abc" in result.output
+    assert calls[0] == ("create_repo", "me/x", {"private": True, "exist_ok": True})
+    assert calls[1] == ("upload_folder", "me/x", {"files": sorted(
+        p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())})
+    assert "README.md" in calls[1][2]["files"] and "lora.safetensors" in calls[1][2]["files"]
+    assert "--model me/x" in (out / "README.md").read_text()
+
+
+@pytest.mark.parametrize(("setup", "expected"), [
+    ("offline", "offline mode is on"),
+    ("logged out", "not logged in"),
+    ("read token", "your token may not write there"),
+])
+def test_a_failed_push_is_one_line_and_never_success(trained_run, tmp_path, monkeypatch, setup, expected):
+    import huggingface_hub.constants as constants
+
+    from tests.fake_hub import FakeHub
+
+    out = tmp_path / "ckpt"
+    args = ["distill", "export", str(trained_run), "-o", str(out), "--base-id", "black-forest-labs/FLUX.1-dev",
+            "--push-to-hub", "me/x"]
+    hub = FakeHub(write_status=401 if setup == "logged out" else 403)
+    if setup == "offline":  # huggingface_hub's own client, which refuses to connect when offline
+        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+        monkeypatch.setenv("HF_TOKEN", "hf_write")
+        result = runner.invoke(app, args)
+    else:
+        with hub.serving(monkeypatch, tmp_path / "hub", token=None if setup == "logged out" else "hf_read_only"):
+            result = runner.invoke(app, args)
+    assert result.exit_code == 3, result.output
+    error = _error_lines(result.output)
+    assert len(error) == 1 and expected in error[0] and "nothing was committed to me/x" in error[0]
+    assert "uploaded to" not in result.output
+    assert (out / "README.md").is_file()  # the export stays, for a later upload
+    assert setup == "offline" or hub.requests  # the huggingface_hub call was made, and answered
