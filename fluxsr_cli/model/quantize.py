@@ -102,7 +102,6 @@ def check_mode(mode: str, device: torch.device) -> None:
     """Refuse, before anything is loaded, a mode this machine cannot run (with what to use instead)."""
     if mode == "none":
         return
-    library_version(mode)
     if mode == "fp8-compute":
         capability = torch.cuda.get_device_capability(device) if device.type == "cuda" else None
         if capability is None or capability < (8, 9):
@@ -113,6 +112,7 @@ def check_mode(mode: str, device: torch.device) -> None:
     if mode == "nf4" and device.type != "cuda":
         raise ResourceError("--quantize nf4 needs a CUDA GPU (bitsandbytes quantizes there); on the CPU use "
                             "--quantize fp8")
+    library_version(mode)  # after the device: a machine that cannot run the mode is told so, not to install more
 
 
 def quantization_config(mode: str, dtype: torch.dtype) -> Any:

@@ -163,18 +163,21 @@ def test_a_missing_library_names_the_extra(tiny_ckpt, monkeypatch):
     real = importlib.metadata.version
 
     def version(name):
-        if name == "bitsandbytes":
+        if name in ("bitsandbytes", "torchao"):
             raise importlib.metadata.PackageNotFoundError(name)
         return real(name)
 
     monkeypatch.setattr(importlib.metadata, "version", version)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
     with pytest.raises(ConfigError, match=r"nf4 needs bitsandbytes.*fluxsr\[quant\]"):
         quantize.check_mode("nf4", torch.device("cuda"))
+    with pytest.raises(ConfigError, match=r"fp8-compute needs torchao.*fluxsr\[quant\]"):
+        quantize.check_mode("fp8-compute", torch.device("cuda"))
     src = tiny_ckpt.parent / "in.png"
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(src)
     result = CliRunner().invoke(app, ["upscale", str(src), "-o", str(src.with_name("out.png")), "--model",
-                                      str(tiny_ckpt), "--quantize", "nf4", "--device", "cpu"])
-    assert result.exit_code == 2 and "needs bitsandbytes" in result.output and not src.with_name("out.png").exists()
+                                      str(tiny_ckpt), "--quantize", "fp8", "--device", "cpu"])
+    assert result.exit_code == 2 and "needs torchao" in result.output and not src.with_name("out.png").exists()
 
 
 def test_unquantized_mode_loads_as_before(tiny_ckpt):
