@@ -102,6 +102,31 @@ def test_export_reproduces_the_in_training_one_step_output(pairs, tiny_base, tmp
         export_checkpoint(cfg.output_dir, tmp_path / "ckpt")
 
 
+def test_full_finetune_exports_a_transformer_that_reproduces_its_student(pairs, tiny_base, tmp_path):
+    """finetune = "full": every weight trains, the export is a whole ``transformer/``, and the
+    upscaler that loads it gives the trained student's one-step output."""
+    from fluxsr_cli.model.loading import load_transformer
+    from fluxsr_cli.train.dataset import PairDataset
+    from fluxsr_cli.upscale.options import ModelOptions
+    from fluxsr_cli.upscale.restore import load_upscaler
+
+    cfg = _config(pairs, tiny_base, tmp_path / "run", finetune="full", max_steps=2, lr=1e-3, checkpoint_every=2,
+                  export_on_finish=True, guidance=2.0, t_l=0.3)
+    result = distill(cfg)
+    assert (result.exported / "transformer" / "config.json").is_file()
+    assert not (result.exported / "lora.safetensors").exists()
+    z_l = PairDataset(pairs)[9]["z_l"][None]
+    with torch.no_grad():
+        trained = z_l - 0.3 * result.student(z_l, torch.full((1,), 0.3))
+    upscaler = load_upscaler(ModelOptions(model=str(result.exported), device="cpu", dtype="fp32"))
+    assert upscaler.info.lora_rank is None and upscaler.t_l == 0.3 and upscaler.cond.guidance == 2.0
+    torch.testing.assert_close(upscaler.restore_latent(z_l), trained, atol=1e-5, rtol=0)
+    base = Student(load_transformer(tiny_base, torch.float32), upscaler.cond.prompt_embeds,
+                   upscaler.cond.pooled_prompt_embeds, 2.0, torch.float32)
+    with torch.no_grad():
+        assert (z_l - 0.3 * base(z_l, torch.full((1,), 0.3)) - trained).abs().max() > 1e-4  # it trained
+
+
 def test_tv_lpips_and_adl_terms_run_in_the_loop(pairs, tiny_base, tmp_path):
     from tests.lpips_weights import lpips_cache
 
