@@ -84,7 +84,7 @@ def test_ftd_sees_the_z_t_half_and_reconstruction_and_adl_the_z_l_half(setup):
     eps, z_0, z_l, hq = batch["eps"], batch["z_0"], batch["z_l"], batch["hq"]
     weights = LossWeights(ftd=1.0, rec=1.0, tv=0.0, adl=0.5)
     student.calls.clear()
-    _, terms = training_step(student, vae, batch, T_L, weights, torch.Generator().manual_seed(5),
+    _, terms = training_step(student, vae, batch, T_L, weights, torch.Generator().manual_seed(8),
                              adl_blocks=[("double", 0), ("single", 1)])
     (z_in, t_in), = student.calls  # one batched pass
     t = t_in[:B]
@@ -106,7 +106,7 @@ def test_ftd_sees_the_z_t_half_and_reconstruction_and_adl_the_z_l_half(setup):
     for name, got, right, wrong in [("ftd", terms["ftd"], ftd(v_t), ftd(v_l)), ("mse", terms["mse"], mse(v_l), mse(v_t)),
                                     ("adl", terms["adl"], adl_l, adl_t)]:
         assert got.item() == pytest.approx(right.item(), rel=1e-5), name  # measured: 2e-7 or better
-        assert wrong.item() != pytest.approx(right.item(), rel=1e-3), name  # the other half: 0.3-18 % off
+        assert wrong.item() != pytest.approx(right.item(), rel=1e-2), name  # the other half: 3-70 % off
 
 
 @torch.no_grad()
@@ -114,6 +114,6 @@ def test_ftd_alone_runs_the_z_t_half_only(setup):
     student, vae, batch = setup
     student.calls.clear()
     _, terms = training_step(student, vae, batch, T_L, LossWeights(rec=0.0, adl=0.0),
-                             torch.Generator().manual_seed(5))
+                             torch.Generator().manual_seed(8))
     (z_in, t_in), = student.calls
     assert z_in.shape[0] == B and bool((t_in > T_L).all()) and set(terms) == {"ftd"}
