@@ -46,7 +46,7 @@ def batch(
     model: mo.Model = DEFAULT_MODEL, revision: mo.Revision = None, base: mo.Base = None, vae: mo.Vae = None,
     offline: mo.Offline = False,
     device: mo.Device = None, dtype: mo.Dtype = None, t_l: mo.TL = None, guidance: mo.Guidance = None,
-    scale: mo.Scale = 4, seed: mo.Seed = 0, tile: mo.Tile = "1024", overlap: mo.Overlap = None,
+    scale: mo.Scale = 4, tile: mo.Tile = "1024", overlap: mo.Overlap = None,
     blend: mo.Blend = "cosine", tile_batch: mo.TileBatch = 1, tile_space: mo.TileSpace = "latent",
     vae_tile: mo.VaeTile = "auto", color_fix: mo.ColorFix = "wavelet", offload: mo.Offload = "none", compile: mo.Compile = False,
     quantize: mo.Quantize = "none",
@@ -74,7 +74,7 @@ def batch(
     loading = mo.model_options(model=model, revision=revision, base=base, vae=vae, offline=offline,
                                device=device or procs.device, dtype=dtype, t_l=t_l, guidance=guidance,
                                offload=offload, compile=compile, quantize=quantize)
-    options = mo.upscale_options(scale=scale, seed=seed, tile=tile, overlap=overlap, blend=blend,
+    options = mo.upscale_options(scale=scale, tile=tile, overlap=overlap, blend=blend,
                                  tile_batch=tile_batch, tile_space=tile_space, vae_tile=vae_tile, color_fix=color_fix)
     jobs = plan_batch(config)  # bad folders fail before minutes of model loading
     pending = sum(j.status == "pending" for j in jobs)

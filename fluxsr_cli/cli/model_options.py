@@ -31,7 +31,6 @@ TL = Annotated[float | None, typer.Option("--t-l", rich_help_panel=PANEL,
 Guidance = Annotated[float | None, typer.Option("--guidance", rich_help_panel=PANEL,
                                                 help="Guidance embedding (default: the checkpoint's).")]
 Scale = Annotated[int, typer.Option("--scale", "-s", rich_help_panel=PANEL, help="Upscaling factor, 1-8.")]
-Seed = Annotated[int, typer.Option("--seed", rich_help_panel=PANEL, help="Seed for anything random.")]
 Tile = Annotated[str, typer.Option("--tile", rich_help_panel=TILES,
                                    help="Tile size in output pixels, or 'auto' (largest that fits the GPU).")]
 Overlap = Annotated[int | None, typer.Option("--overlap", rich_help_panel=TILES,
@@ -63,11 +62,11 @@ def model_options(*, model: str = DEFAULT_MODEL, revision: str | None = None, ba
                         dtype=dtype, t_l=t_l, guidance=guidance, offload=offload, compile=compile, quantize=quantize)
 
 
-def upscale_options(*, scale: int = 4, seed: int = 0, tile: str = "1024", overlap: int | None = None,
+def upscale_options(*, scale: int = 4, tile: str = "1024", overlap: int | None = None,
                     blend: str = "cosine", tile_batch: int = 1, tile_space: str = "latent", vae_tile: str = "auto",
                     color_fix: str = "wavelet"):
     """:class:`fluxsr_cli.upscale.options.UpscaleOptions` from the CLI values (validated there)."""
     from fluxsr_cli.upscale.options import UpscaleOptions
 
-    return UpscaleOptions(scale=scale, seed=seed, tile=tile, overlap=overlap, blend=blend, tile_batch=tile_batch,
+    return UpscaleOptions(scale=scale, tile=tile, overlap=overlap, blend=blend, tile_batch=tile_batch,
                           tile_space=tile_space, vae_tile=vae_tile, color_fix=color_fix)

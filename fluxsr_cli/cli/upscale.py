@@ -31,7 +31,7 @@ def upscale(
     model: mo.Model = DEFAULT_MODEL, revision: mo.Revision = None, base: mo.Base = None, vae: mo.Vae = None,
     offline: mo.Offline = False,
     device: mo.Device = None, dtype: mo.Dtype = None, t_l: mo.TL = None, guidance: mo.Guidance = None,
-    scale: mo.Scale = 4, seed: mo.Seed = 0, tile: mo.Tile = "1024", overlap: mo.Overlap = None,
+    scale: mo.Scale = 4, tile: mo.Tile = "1024", overlap: mo.Overlap = None,
     blend: mo.Blend = "cosine", tile_batch: mo.TileBatch = 1, tile_space: mo.TileSpace = "latent",
     vae_tile: mo.VaeTile = "auto", color_fix: mo.ColorFix = "wavelet", offload: mo.Offload = "none", compile: mo.Compile = False,
     quantize: mo.Quantize = "none",
@@ -51,7 +51,7 @@ def upscale(
     loading = mo.model_options(model=model, revision=revision, base=base, vae=vae, offline=offline, device=device,
                                dtype=dtype, t_l=t_l, guidance=guidance, offload=offload, compile=compile,
                                quantize=quantize)
-    options = mo.upscale_options(scale=scale, seed=seed, tile=tile, overlap=overlap, blend=blend,
+    options = mo.upscale_options(scale=scale, tile=tile, overlap=overlap, blend=blend,
                                  tile_batch=tile_batch, tile_space=tile_space, vae_tile=vae_tile, color_fix=color_fix)
     write = WriteOptions(overwrite=overwrite, quality=quality, strip_metadata=strip_metadata,
                          max_pixels=int(max_pixels * 1e6))

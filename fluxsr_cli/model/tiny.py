@@ -38,11 +38,15 @@ def save_tiny_base(root: Path, seed: int = 0) -> Path:
 
 
 def random_lora(transformer: torch.nn.Module, rank: int = 4, seed: int = 0, std: float = 0.05,
-                targets: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0")) -> dict[str, torch.Tensor]:
-    """Attach a LoRA with random A and B to ``transformer`` and return its peft state dict."""
+                targets: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0"),
+                alpha: float | None = None) -> dict[str, torch.Tensor]:
+    """Attach a LoRA with random A and B to ``transformer`` and return its peft state dict.
+
+    ``alpha`` (default: the rank) sets the scale alpha / rank by which B A is added to a weight.
+    """
     from peft import LoraConfig, get_peft_model_state_dict
 
-    transformer.add_adapter(LoraConfig(r=rank, lora_alpha=rank, target_modules=list(targets),
+    transformer.add_adapter(LoraConfig(r=rank, lora_alpha=alpha or rank, target_modules=list(targets),
                                        init_lora_weights="gaussian"))
     g = torch.Generator().manual_seed(seed)
     for name, param in transformer.named_parameters():
@@ -53,30 +57,43 @@ def random_lora(transformer: torch.nn.Module, rank: int = 4, seed: int = 0, std:
 
 
 def save_tiny_checkpoint(root: Path, base: Path | str, seed: int = 0, t_l: float = 0.25, guidance: float = 1.0,
-                         rank: int = 4, lora_std: float = 0.05) -> Path:
-    """A fluxsr-format checkpoint (``fluxsr.json``, ``lora.safetensors``, ``embeddings.safetensors``);
-    ``lora_std`` sets the size of the LoRA's random B (how far it moves the model)."""
+                         rank: int = 4, alpha: float | None = None, lora_std: float = 0.05) -> Path:
+    """A fluxsr-format checkpoint (``fluxsr.json``, ``lora.safetensors``, ``embeddings.safetensors``).
+
+    The LoRA's alpha (default: the rank) is stored in the file's adapter metadata, as peft saves it;
+    ``lora_std`` sets the size of the LoRA's random B (how far it moves the model).
+    """
     transformer = build_transformer(TINY_TRANSFORMER, seed=seed)
-    lora = random_lora(transformer, rank=rank, seed=seed + 10, std=lora_std)
-    info = CheckpointInfo(base_model=str(base), t_l=t_l, guidance=guidance, lora_rank=rank, lora_alpha=float(rank),
-                          prompt="")
+    lora = random_lora(transformer, rank=rank, seed=seed + 10, std=lora_std, alpha=alpha)
+    info = CheckpointInfo(base_model=str(base), t_l=t_l, guidance=guidance, lora_rank=rank,
+                          lora_alpha=float(alpha or rank), prompt="")
     emb = random_embeddings(TINY_TRANSFORMER, TINY_TEXT_LENGTH, seed=seed + 20)
     config = transformer.peft_config["default"].to_dict()
     config = {k: (sorted(v) if isinstance(v, set) else v) for k, v in config.items()}
     return save_checkpoint(Path(root), info, emb, lora_state_dict=lora, lora_config=config, overwrite=True)
 
 
-def save_tiny_community(root: Path, seed: int = 0, t_l: float | None = None) -> Path:
-    """The community port's layout: ``pytorch_lora_weights.safetensors`` + ``t5/clip_embedding.pth``."""
+def save_tiny_community(root: Path, seed: int = 0, t_l: float | None = None, alpha: float | None = None) -> Path:
+    """The community port's layout: ``pytorch_lora_weights.safetensors`` + ``t5/clip_embedding.pth``.
+
+    With ``alpha`` the LoRA file also holds one ``<layer>.alpha`` tensor per adapted layer (the
+    kohya-style convention diffusers reads as ``network_alphas``); without, alpha is the rank.
+    """
     import json
 
     from diffusers import FluxPipeline
+    from safetensors.torch import load_file, save_file
 
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     transformer = build_transformer(TINY_TRANSFORMER, seed=seed)
-    lora = random_lora(transformer, rank=4, seed=seed + 10)
+    lora = random_lora(transformer, rank=4, seed=seed + 10, alpha=alpha)
     FluxPipeline.save_lora_weights(str(root), transformer_lora_layers=lora)
+    if alpha is not None:
+        file = root / "pytorch_lora_weights.safetensors"
+        state = load_file(str(file))
+        layers = {k.removesuffix(".lora_A.weight") for k in state if k.endswith(".lora_A.weight")}
+        save_file({**state, **{f"{layer}.alpha": torch.tensor(float(alpha)) for layer in layers}}, str(file))
     emb = random_embeddings(TINY_TRANSFORMER, TINY_TEXT_LENGTH, seed=seed + 20)
     torch.save(emb["prompt_embeds"], root / "t5_embedding.pth")
     torch.save(emb["pooled_prompt_embeds"], root / "clip_embedding.pth")

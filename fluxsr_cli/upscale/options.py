@@ -56,10 +56,13 @@ class ModelOptions:
 
 @dataclass(frozen=True)
 class UpscaleOptions:
-    """Chosen per image: the scale, how it is tiled, and the colour fix."""
+    """Chosen per image: the scale, how it is tiled, and the colour fix.
+
+    There is no seed: nothing in the one-step restore is random (the VAE posterior's mean, one
+    deterministic transformer pass), so the same image and options always give the same output.
+    """
 
     scale: int = 4
-    seed: int = 0
     tile: str = "1024"  # output pixels per tile, or "auto"
     overlap: int | None = None  # output pixels; None: 25 % of the tile, at least 128
     blend: str = "cosine"

@@ -52,10 +52,14 @@ def test_upscale_from_offline_hub_cache_in_a_fresh_process(hub_cache, cat_jpg, t
     assert Image.open(out).size == (300, 200)
 
 
-def test_same_seed_same_bytes(tiny_ckpt, cat_jpg, tmp_path):
+def test_same_input_same_bytes(tiny_ckpt, cat_jpg, tmp_path):
+    """Nothing in the one-step restore is random (the VAE posterior's mean, no noise), so there is no
+    --seed and two runs write the same file; sampling the posterior instead of its mean fails here."""
     for name in ("a.png", "b.png"):
-        assert _run("upscale", cat_jpg, "-o", tmp_path / name, "--model", tiny_ckpt, "--seed", 7)[0] == 0
+        assert _run("upscale", cat_jpg, "-o", tmp_path / name, "--model", tiny_ckpt)[0] == 0
     assert (tmp_path / "a.png").read_bytes() == (tmp_path / "b.png").read_bytes()
+    code, output = _run("upscale", cat_jpg, "-o", tmp_path / "c.png", "--model", tiny_ckpt, "--seed", 7)
+    assert code == 2 and "--seed" in output and not (tmp_path / "c.png").exists()
 
 
 def test_tiled_upscale_through_the_cli(tiny_ckpt, cat_jpg, tmp_path):

@@ -170,3 +170,38 @@ def test_save_checkpoint_refuses_to_overwrite(tiny_ckpt):
         ck.save_checkpoint(tiny_ckpt, c.info, {"prompt_embeds": c.prompt_embeds,
                                                "pooled_prompt_embeds": c.pooled_prompt_embeds},
                            lora_state_dict={})
+
+
+LORA_RANK, LORA_ALPHA = 4, 8.0  # scale alpha / r = 2: a loader that drops alpha (scale 1) fails
+
+
+@pytest.fixture(scope="module")
+def scaled_loras(tiny_base, tmp_path_factory) -> dict:
+    from fluxsr_cli.model.tiny import save_tiny_checkpoint, save_tiny_community
+
+    root = tmp_path_factory.mktemp("alpha")
+    return {"fluxsr": save_tiny_checkpoint(root / "fluxsr", tiny_base, rank=LORA_RANK, alpha=LORA_ALPHA),
+            "community": save_tiny_community(root / "community", alpha=LORA_ALPHA)}
+
+
+@pytest.mark.parametrize("fmt", ["fluxsr", "community"])
+def test_fused_weight_is_w_plus_alpha_over_r_times_b_a(fmt, scaled_loras, tiny_base):
+    """W' = W + (alpha / r) B A, computed by hand from the file's A and B, for every adapted layer."""
+    from safetensors.torch import load_file
+
+    c = ck.read_checkpoint(scaled_loras[fmt])
+    base = dict(loading.load_transformer(tiny_base, torch.float32).state_dict())
+    fused = loading.load_transformer(tiny_base, torch.float32)
+    loading.apply_lora(fused, c.lora_file, fuse=True)
+    lora = load_file(str(c.lora_file))
+    layers = sorted(k.removeprefix("transformer.").removesuffix(".lora_A.weight") for k in lora
+                    if k.endswith(".lora_A.weight"))
+    assert len(layers) == 10  # to_q, to_k, to_v, to_out.0 of the double block, to_q, to_k, to_v of 2 single ones
+    assert (fmt == "community") == any(k.endswith(".alpha") for k in lora)  # fluxsr: alpha in the metadata
+    for layer in layers:
+        a, b = lora[f"transformer.{layer}.lora_A.weight"], lora[f"transformer.{layer}.lora_B.weight"]
+        assert a.shape[0] == LORA_RANK and (b @ a).abs().max() > 1e-3
+        want = base[f"{layer}.weight"] + (LORA_ALPHA / LORA_RANK) * (b @ a)
+        torch.testing.assert_close(fused.get_submodule(layer).weight, want, atol=1e-6, rtol=1e-6)
+    untouched = {k: v for k, v in fused.state_dict().items() if k.removesuffix(".weight") not in layers}
+    assert all(torch.equal(v, base[k]) for k, v in untouched.items())

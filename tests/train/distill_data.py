@@ -173,12 +173,13 @@ def train_tiny_vae(photos: list[torch.Tensor], steps: int = 600, seed: int = 0, 
 
 def save_photo_base(root: Path, photos: list[torch.Tensor], seed: int = 0, vae_steps: int = 600,
                     transformer: dict | None = None, columns: tuple[float, float] = (0.0, 1.0),
-                    output_scale: float = 1.0) -> Path:
+                    output_scale: float = 1.0, vae=None) -> Path:
     """A tiny base folder (diffusers layout) with a photo-trained VAE and a random transformer.
 
     ``output_scale`` multiplies the transformer's last projection (``proj_out``): a random
     transformer's velocity is junk of arbitrary size, and scaling it down keeps the untrained
-    student's junk from swamping the small latent residuals the student has to learn.
+    student's junk from swamping the small latent residuals the student has to learn. ``vae``: an
+    already trained VAE (from :func:`train_tiny_vae`) to save instead of training one.
     """
     from fluxsr_cli.model.architectures import build_transformer
 
@@ -187,7 +188,8 @@ def save_photo_base(root: Path, photos: list[torch.Tensor], seed: int = 0, vae_s
     model.proj_out.weight.data.mul_(output_scale)
     model.proj_out.bias.data.mul_(output_scale)
     model.save_pretrained(root / "transformer")
-    train_tiny_vae(photos, steps=vae_steps, seed=seed + 1, columns=columns).save_pretrained(root / "vae")
+    vae = vae or train_tiny_vae(photos, steps=vae_steps, seed=seed + 1, columns=columns)
+    vae.save_pretrained(root / "vae")
     (root / "model_index.json").write_text(
         '{"_class_name": "FluxPipeline", "_diffusers_version": "0.32.0", '
         '"transformer": ["diffusers", "FluxTransformer2DModel"], "vae": ["diffusers", "AutoencoderKL"]}\n')
