@@ -31,7 +31,7 @@ def photo(name: str = "astronaut", size: tuple[int, int] = (48, 32)) -> np.ndarr
 
 @functools.cache
 def srgb_icc() -> bytes:
-    """One sRGB profile per session (the header holds its creation time)."""
+    """One sRGB profile per test run (the header holds its creation time)."""
     return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
 
 
