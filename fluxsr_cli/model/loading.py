@@ -132,7 +132,8 @@ def fuse_lora_fp32(transformer: torch.nn.Module, adapter: str) -> int:
             module.lora_B[adapter].float()
             delta = module.get_delta_weight(adapter)  # float32, scaled by alpha / r
             base = module.get_base_layer()
-            base.weight.data = (base.weight.float() + delta.to(base.weight.device)).to(base.weight.dtype)
+            # in place: a weight read from a memory-mapped file becomes the fused copy, not a second one
+            base.weight.data.copy_(base.weight.float() + delta.to(base.weight.device))
         fused += 1
     transformer.unload_lora()
     return fused

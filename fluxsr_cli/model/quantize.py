@@ -14,12 +14,13 @@ Modes (the VAE and the activations stay in the compute dtype, bf16 on a GPU):
 The LoRA is fused first, in float32 layer by layer, and only then quantized (PEFT layers on quantized
 bases are fragile, and a rounded update is lost). Building an entry: the bf16 transformer (from a
 diffusers folder, or a single BFL-layout file: an fp8 file is upcast exactly) and the LoRA are loaded
-on the CPU, fused, written once as plain safetensors to a temporary folder inside the cache, and
-loaded back through diffusers' ``from_pretrained(quantization_config=...)``, which
-quantizes tensor by tensor onto the device; that quantized model is saved with ``save_pretrained``
-(safetensors, no pickle) and the temporary folder removed. Peak host memory while building is about
-the bf16 transformer's size plus one 2 GB shard; disk needs the bf16 size once more, temporarily.
-The next run loads the entry directly (half or a quarter of the bytes, nothing to fuse).
+on the CPU, fused in place, written once as plain safetensors (2 GB shards) to a temporary folder
+inside the cache, and read back (not mapped) through diffusers' ``from_pretrained(quantization_config=...)``,
+which quantizes tensor by tensor onto the device; that quantized model is saved with
+``save_pretrained`` (safetensors, no pickle; a torchao model from the CPU, see :func:`_save_entry`)
+and the temporary folder removed. Peak host memory while building is about the bf16 transformer's
+size plus a few GB (measured by ``bench/quantize_build_cpu.py``); disk needs the bf16 size once more,
+temporarily. The next run loads the entry directly (half or a quarter of the bytes, nothing to fuse).
 """
 
 from __future__ import annotations
@@ -187,10 +188,16 @@ def _device_map(device: torch.device) -> dict[str, Any] | None:
     return {"": f"{device.type}:{index}"}
 
 
-def _from_pretrained(folder: Path, dtype: torch.dtype, device: torch.device, config: Any = None):
+def _from_pretrained(folder: Path, dtype: torch.dtype, device: torch.device, config: Any = None,
+                     mapped: bool = True):
+    """``mapped=False`` reads the files instead of mapping them: a quantized model keeps its few unquantized
+    tensors (biases) pointing into a mapped file, and with them the whole file's pages and, once deleted,
+    its disk space."""
     from diffusers import FluxTransformer2DModel
 
     kwargs = {"quantization_config": config} if config is not None else {}
+    if not mapped:
+        kwargs["disable_mmap"] = True
     try:
         model = FluxTransformer2DModel.from_pretrained(str(folder), torch_dtype=dtype, device_map=_device_map(device),
                                                        **kwargs)
@@ -212,6 +219,22 @@ def _load_plain(source: Path, dtype: torch.dtype) -> torch.nn.Module:
     from fluxsr_cli.model.single_file import inspect_file, load_transformer_file
 
     return load_transformer_file(inspect_file(source), dtype)
+
+
+def _save_entry(model: torch.nn.Module, folder: Path, mode: str, device: torch.device) -> None:
+    """``save_pretrained`` of a quantized model. torchao's safetensors support copies every quantized tensor
+    before writing (the whole model at once): on a GPU that copy would double the weights' GPU memory
+    (a 16-24 GB card holding 12 GB of fp8 weights runs out), so a torchao model is saved from the CPU,
+    where the copy costs host memory the build has just freed, and moved back."""
+    on_gpu = device.type == "cuda" and _library(mode) == "torchao"
+    if on_gpu:
+        model.to("cpu")
+        torch.cuda.empty_cache()
+    try:
+        model.save_pretrained(str(folder))
+    finally:
+        if on_gpu:
+            model.to(device)
 
 
 def load_quantized_transformer(source: Path, lora_file: Path | None, mode: str, dtype: torch.dtype,
@@ -246,10 +269,10 @@ def load_quantized_transformer(source: Path, lora_file: Path | None, mode: str, 
             del transformer
             gc.collect()
             progress("quantize", 1, 3)
-            model = _from_pretrained(work / "fused", dtype, device, quantization_config(mode, dtype))
+            model = _from_pretrained(work / "fused", dtype, device, quantization_config(mode, dtype), mapped=False)
             shutil.rmtree(work / "fused")
         progress("quantize", 2, 3)
-        model.save_pretrained(str(work / "transformer"))
+        _save_entry(model, work / "transformer", mode, device)
         info = CacheEntry(key, mode, str(dtype).removeprefix("torch."), str(source), _source_id(source),
                           str(lora_file) if lora_file is not None else None, lora_sha, library,
                           time.strftime("%Y-%m-%dT%H:%M:%S"))

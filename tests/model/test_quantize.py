@@ -4,6 +4,7 @@ float32 before quantization, and the modes the CPU cannot run refused with what 
 from __future__ import annotations
 
 import importlib.metadata
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -133,10 +134,50 @@ def test_fused_lora_is_the_float32_sum(tiny_ckpt, tiny_base):
     w = layer.get_base_layer().weight.detach().float().clone()
     a, b = layer.lora_A[ADAPTER_NAME].weight.float(), layer.lora_B[ADAPTER_NAME].weight.float()
     scale = layer.scaling[ADAPTER_NAME]
+    storage = layer.get_base_layer().weight.untyped_storage().data_ptr()
     fuse_lora_fp32(transformer, ADAPTER_NAME)
     fused = transformer.transformer_blocks[0].attn.to_q
     assert isinstance(fused, torch.nn.Linear) and not hasattr(transformer, "peft_config")
     assert torch.equal(fused.weight, (w + scale * (b @ a)).to(torch.bfloat16))
+    # in place: a weight read from a mapped file is overwritten, not held twice (24 GB for FLUX.1-dev)
+    assert fused.weight.untyped_storage().data_ptr() == storage
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").is_file(), reason="reads Linux's /proc/self/maps")
+def test_a_built_model_maps_none_of_the_build_files(tiny_ckpt, tiny_base, cache):
+    """The fused bf16 copy is read, not mapped, when it is quantized: a few unquantized tensors (biases)
+    would otherwise keep the whole deleted file mapped, in memory and on disk, while the model lives."""
+    model, built = quantize.load_quantized_transformer(tiny_base, tiny_ckpt / "lora.safetensors",
+                                                       "fp8", torch.float32, torch.device("cpu"))
+    assert built
+    maps = Path("/proc/self/maps").read_text()
+    assert str(cache) not in maps, [line for line in maps.splitlines() if str(cache) in line]
+    del model
+
+
+class _Recorder(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.calls: list[str] = []
+
+    def to(self, device):
+        self.calls.append(f"to {device}")
+        return self
+
+    def save_pretrained(self, folder):
+        self.calls.append("save")
+
+
+@pytest.mark.parametrize(("mode", "expected"), [("fp8", ["to cpu", "save", "to cuda"]), ("fp8-compute",
+                         ["to cpu", "save", "to cuda"]), ("nf4", ["save"])])
+def test_a_torchao_entry_is_saved_from_the_cpu(mode, expected, tmp_path):
+    """torchao's save copies every quantized tensor at once: on the GPU that would double the weights."""
+    model = _Recorder()
+    quantize._save_entry(model, tmp_path, mode, torch.device("cuda"))
+    assert model.calls == expected
+    cpu = _Recorder()
+    quantize._save_entry(cpu, tmp_path, mode, torch.device("cpu"))
+    assert cpu.calls == ["save"]
 
 
 def test_modes_the_cpu_cannot_run_are_refused_with_the_alternative():
