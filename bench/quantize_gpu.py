@@ -12,6 +12,7 @@ is meant to run compiled). Optional rows are skipped as the script nears ``--bud
 
 Targets (H200): fp8-compute --compile 1024 px <= 0.13 s and 4096 px <= 4.0 s; fp8 peak <= 16 GiB at
 1024 px; nf4 peak <= 10 GiB at 1024 px; group offload 1024 px <= 1.5 s with peak <= 4 GiB.
+The build's GPU peak (building a cache entry) should stay near the quantized weights' size.
 Prints a markdown table and writes it to $OUT/quantize_gpu.md when $OUT is set. Needs the [quant]
 extra (torchao, bitsandbytes) and about 45 GB of free disk for the saved and quantized weights.
 
@@ -102,7 +103,7 @@ def main() -> None:
     z_ref = Upscaler(reference, vae, cond, 0.25, device, dtype).restore_latent(z_l).float().cpu()
     del reference
 
-    rows, loads = [], {}
+    rows, loads, build_peak = [], {}, {}
     for mode in args.modes.split(","):
         if elapsed() > args.budget * 0.8:
             print(f"skipped {mode}: {elapsed():.0f} s used", flush=True)
@@ -122,8 +123,13 @@ def main() -> None:
             built = time.perf_counter() - t0
             read = float("nan")
         else:
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
             transformer, _ = load_quantized_transformer(work / "base", None, quantize, dtype, device, work / "cache")
             built = time.perf_counter() - t0
+            # the build's GPU peak: the quantized weights, not twice them (torchao's save copies every tensor)
+            build_peak[mode] = gib(torch.cuda.max_memory_allocated(device) - before) if device.type == "cuda" \
+                else float("nan")
             del transformer
             t0 = time.perf_counter()
             transformer, _ = load_quantized_transformer(work / "base", None, quantize, dtype, device, work / "cache")
@@ -200,8 +206,9 @@ def main() -> None:
     for label, size, best, dit_s, tflops, peak, weights, deviation in rows:
         lines.append(f"| {label} | {size} px | {best:.3f} | {dit_s:.3f} | {tflops:.0f} | {peak:.1f} | {weights:.1f} "
                      f"| {deviation:.4f} |")
-    lines += ["", "| mode | cache build s | cache read s |", "|---|---|---|"]
-    lines += [f"| {mode} | {b:.1f} | {r:.1f} |" for mode, (b, r) in loads.items()]
+    lines += ["", "| mode | cache build s | build peak GiB | cache read s |", "|---|---|---|---|"]
+    lines += [f"| {mode} | {b:.1f} | {build_peak.get(mode, float('nan')):.1f} | {r:.1f} |"
+              for mode, (b, r) in loads.items()]
     lines.append(f"\nTotal script time {elapsed():.0f} s.")
     text = "\n".join(lines)
     print(text)
