@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import time
 from pathlib import Path
 from typing import Annotated
@@ -59,6 +60,9 @@ def upscale(
     if compare is not None:
         if compare.resolve() == output.resolve():
             raise InputError(f"{compare}: --compare must name another file than -o")
+        if compare.exists() and os.path.samefile(src, compare):
+            raise InputError(f"{compare}: is the input itself; choose another --compare name (even --overwrite "
+                             "would lose the original)")
         check_writable(compare, overwrite)
     removed = len(sweep_temporaries_of(output))  # what a killed run of this output left
     removed += len(sweep_temporaries_of(compare)) if compare is not None else 0

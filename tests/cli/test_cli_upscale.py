@@ -193,6 +193,10 @@ def test_compare_is_checked_before_the_model_loads(tiny_ckpt, cat_jpg, tmp_path)
     code, output = _run("upscale", cat_jpg, "-o", tmp_path / "o.png", "--model", tiny_ckpt,
                         "--compare", tmp_path / "o.png")
     assert code == 2 and "--compare must name another file" in output
+    original = cat_jpg.read_bytes()  # the input itself, even with --overwrite: the photo would be lost
+    code, output = _run("upscale", cat_jpg, "-o", tmp_path / "o.png", "--model", tiny_ckpt,
+                        "--compare", cat_jpg, "--overwrite")
+    assert code == 2 and "is the input itself" in output and cat_jpg.read_bytes() == original
 
 
 @posix_only
