@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from fluxsr_cli.atomic import atomic_write_text
-from fluxsr_cli.errors import CheckpointError, ConfigError, FluxSRError, InputError, one_line
+from fluxsr_cli.errors import ConfigError, FluxSRError, InputError, one_line
 from fluxsr_cli.images.reading import read_image
 from fluxsr_cli.progress import ProgressFn, no_progress
 from fluxsr_cli.quality.metrics import psnr_y, ssim_y
@@ -180,26 +180,24 @@ def _to_tensor(img: np.ndarray, device: str):  # -> torch.Tensor [1, 3, H, W]
     return torch.from_numpy(np.ascontiguousarray(img, dtype=np.float32)).permute(2, 0, 1)[None].to(device)
 
 
-def _learned_scorers(names: tuple[str, ...], device: str, weights_dir: Path | None) -> dict[str, Scorer]:
-    """LPIPS-Alex, LPIPS-VGG and DISTS; their weight files are resolved together (one error for all)."""
+def _learned_scorers(names: tuple[str, ...], device: str, weights_dir: Path | None
+                     ) -> tuple[dict[str, Scorer], dict[str, str]]:
+    """LPIPS-Alex, LPIPS-VGG and DISTS that can run, and why the others cannot: their weight files are
+    resolved together (one message names every file missing), and a metric runs when all of its own are there."""
     import torch
 
     from fluxsr_cli.quality.dists import DISTS, DISTS_WEIGHTS
     from fluxsr_cli.quality.lpips import LPIPS
     from fluxsr_cli.quality.lpips import WEIGHTS as LPIPS_WEIGHTS
-    from fluxsr_cli.quality.weights import load_weight_files
+    from fluxsr_cli.quality.weights import fetch_weight_files
 
-    def build(name: str) -> tuple[torch.nn.Module, tuple]:
-        if name == "dists":
-            return DISTS(), DISTS_WEIGHTS
-        net = name.removeprefix("lpips-")
-        return LPIPS(net), LPIPS_WEIGHTS[net]
+    def files_of(name: str) -> tuple:
+        return DISTS_WEIGHTS if name == "dists" else LPIPS_WEIGHTS[name.removeprefix("lpips-")]
 
-    models = {n: build(n) for n in names}
-    try:
-        states = load_weight_files([f for _, files in models.values() for f in files], weights_dir, "metric weights")
-    except CheckpointError as e:
-        raise _Unavailable(str(e)) from None
+    def build(name: str) -> torch.nn.Module:
+        return DISTS() if name == "dists" else LPIPS(name.removeprefix("lpips-"))
+
+    states, error = fetch_weight_files([f for n in names for f in files_of(n)], weights_dir, "metric weights")
 
     def scorer(model: torch.nn.Module) -> Scorer:
         def score(pred: np.ndarray, gt: np.ndarray | None) -> float:
@@ -208,11 +206,16 @@ def _learned_scorers(names: tuple[str, ...], device: str, weights_dir: Path | No
 
         return score
 
-    scorers = {}
-    for name, (model, files) in models.items():
+    scorers, unavailable = {}, {}
+    for name in names:
+        files = files_of(name)
+        if not all(f.name in states for f in files):
+            unavailable[name] = str(error)
+            continue
+        model = build(name)
         model.load_weights(*(states[f.name] for f in files))
         scorers[name] = scorer(model.requires_grad_(False).eval().to(device))
-    return scorers
+    return scorers, unavailable
 
 
 def _pyiqa_scorer(spec: MetricSpec, device: str) -> Scorer:
@@ -254,10 +257,9 @@ def load_scorers(
     learned = tuple(n for n in names if n in LEARNED)
     if learned:
         progress("loading metrics", 0, len(names))
-        try:
-            scorers.update(_learned_scorers(learned, device, weights_dir))
-        except _Unavailable as e:
-            unavailable.update(dict.fromkeys(learned, str(e)))
+        found, missing = _learned_scorers(learned, device, weights_dir)
+        scorers.update(found)
+        unavailable.update(missing)
     rest = [n for n in names if n not in LEARNED]
     for i, name in enumerate(rest):
         progress("loading metrics", len(learned) + i, len(names))

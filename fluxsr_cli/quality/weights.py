@@ -45,21 +45,20 @@ def missing_files(files: Sequence[WeightFile], folder: Path) -> list[WeightFile]
     return [f for f in files if not (folder / f.name).is_file()]
 
 
-def load_weight_files(
+def fetch_weight_files(
     files: Sequence[WeightFile], folder: str | Path | None = None, what: str = "metric weights"
-) -> dict[str, dict[str, torch.Tensor]]:
-    """name -> state dict for each of ``files`` (duplicates once), downloading what ``folder`` lacks.
-
-    Raises one :class:`CheckpointError` naming every file that could not be had, with its URL.
-    """
+) -> tuple[dict[str, dict[str, torch.Tensor]], CheckpointError | None]:
+    """name -> state dict for each of ``files`` that can be had (duplicates once), downloading what
+    ``folder`` lacks, and one :class:`CheckpointError` naming every other file with its URL (None when
+    all were had): a caller with several models can still use those whose files are all there."""
     folder = Path(folder) if folder is not None else default_weights_dir()
     unique = list({f.name: f for f in files}.values())
+    problems: list[str] = []
     if offline():
         missing = missing_files(unique, folder)
         if missing:
-            raise CheckpointError(
-                f"{what}: {len(missing)} file(s) not in {folder} and offline; {_fetch_advice(missing, folder)}"
-            )
+            problems.append(_offline_problem(missing, folder))
+        unique = [f for f in unique if f not in missing]
     loaded: dict[str, dict[str, torch.Tensor]] = {}
     failed: list[tuple[WeightFile, str]] = []
     for f in unique:
@@ -72,11 +71,32 @@ def load_weight_files(
             failed.append((f, str(e).splitlines()[0] if str(e) else type(e).__name__))
     if failed:
         reasons = "; ".join(f"{f.name}: {reason}" for f, reason in failed)
-        raise CheckpointError(
-            f"{what}: cannot load or download {len(failed)} file(s) ({reasons}); "
-            f"{_fetch_advice([f for f, _ in failed], folder)}"
-        )
+        problems.append(f"cannot load or download {len(failed)} file(s) ({reasons}); "
+                        f"{_fetch_advice([f for f, _ in failed], folder)}")
+    return loaded, CheckpointError(f"{what}: {'; '.join(problems)}") if problems else None
+
+
+def load_weight_files(
+    files: Sequence[WeightFile], folder: str | Path | None = None, what: str = "metric weights"
+) -> dict[str, dict[str, torch.Tensor]]:
+    """name -> state dict for each of ``files`` (duplicates once), downloading what ``folder`` lacks.
+
+    Raises one :class:`CheckpointError` naming every file that could not be had, with its URL (offline,
+    before reading any: the missing files are the whole story).
+    """
+    if offline():
+        missing = missing_files(files, Path(folder) if folder is not None else default_weights_dir())
+        if missing:
+            raise CheckpointError(f"{what}: {_offline_problem(list({f.name: f for f in missing}.values()), folder)}")
+    loaded, error = fetch_weight_files(files, folder, what)
+    if error is not None:
+        raise error
     return loaded
+
+
+def _offline_problem(missing: Sequence[WeightFile], folder: str | Path | None) -> str:
+    folder = Path(folder) if folder is not None else default_weights_dir()
+    return f"{len(missing)} file(s) not in {folder} and offline; {_fetch_advice(missing, folder)}"
 
 
 def _fetch_advice(files: Sequence[WeightFile], folder: Path) -> str:

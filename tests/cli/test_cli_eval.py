@@ -151,6 +151,21 @@ def test_lpips_weights_missing_degrades_to_the_other_metrics(folders, tmp_path, 
     assert report.counts["psnr"] == 3
 
 
+def test_a_metric_whose_files_are_there_runs_when_others_lack_theirs(folders, tmp_path, monkeypatch, no_pyiqa):
+    import shutil
+
+    alex = tmp_path / "alex-only"
+    alex.mkdir()
+    for f in WEIGHTS["alex"]:  # LPIPS-Alex's backbone and heads; nothing of VGG16 or DISTS
+        shutil.copy(dists_cache() / f.name, alex / f.name)
+    monkeypatch.setenv("FLUXSR_WEIGHTS_DIR", str(alex))
+    monkeypatch.setenv("FLUXSR_OFFLINE", "1")
+    pred_dir, gt_dir = folders
+    report = evaluate(EvalConfig(pred_dir, gt_dir, metrics=("lpips-alex", "lpips-vgg", "dists"), device="cpu"))
+    assert report.metrics == ("lpips-alex",) and report.counts["lpips-alex"] == 3
+    assert VGG16_FILE in report.unavailable["lpips-vgg"] and VGG16_FILE in report.unavailable["dists"]
+
+
 def test_crop_border_defaults_to_scale(folders, no_pyiqa, tmp_path):
     pred_dir, gt_dir = folders
     means = {}
