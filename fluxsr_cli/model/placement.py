@@ -41,11 +41,16 @@ def execution_device(module: torch.nn.Module) -> torch.device:
     return next(module.parameters()).device
 
 
+def _on(module: torch.nn.Module, device: torch.device) -> bool:
+    placed = next(module.parameters()).device
+    return placed.type == device.type and (device.index is None or placed.index == device.index)
+
+
 def place_models(transformer: torch.nn.Module, vae: torch.nn.Module, device: torch.device, offload: str = "none",
                  compile: bool = False) -> None:
     """Move (or hook) the transformer and VAE for ``offload`` (:data:`OFFLOADS`); ``torch.compile`` them if asked."""
     if offload == "none":
-        if getattr(transformer, "hf_quantizer", None) is None:  # a quantized one was loaded onto the device
+        if not _on(transformer, device):  # torchao and bitsandbytes models are loaded onto it; GGUF ones are not
             transformer.to(device)
         vae.to(device)
     elif offload == "group":

@@ -85,6 +85,19 @@ def test_place_models_gives_the_vae_the_blockwise_processor():
     assert all(p.probabilities is attention_lib.softmax_probabilities for p in v.attn_processors.values())
 
 
+def test_place_models_moves_a_quantized_transformer_that_is_not_on_the_device_yet():
+    """A GGUF transformer carries ``hf_quantizer`` like torchao's and bitsandbytes' but is loaded on the CPU:
+    it must be moved (the ``meta`` device stands in for the GPU), and one already there left alone."""
+    t, v = build_transformer(TINY_TRANSFORMER), build_vae(TINY_VAE)
+    t.hf_quantizer = object()
+    placement.place_models(t, v, torch.device("meta"))
+    assert {p.device.type for p in t.parameters()} == {"meta"}
+    moved: list = []
+    t.to = lambda *a, **k: moved.append(a)  # already on the device: not moved again
+    placement.place_models(t, v, torch.device("meta"))
+    assert moved == []
+
+
 def test_place_models_with_compile_compiles_the_vae_softmax(monkeypatch):
     calls = _spy_on_compile(monkeypatch)
     t, v = build_transformer(TINY_TRANSFORMER), build_vae(TINY_VAE)
