@@ -125,7 +125,8 @@ def fuse_lora_fp32(transformer: torch.nn.Module, adapter: str) -> int:
     for module in transformer.modules():
         if not isinstance(module, LoraLayer) or adapter not in module.lora_A:
             continue
-        if module.use_dora.get(adapter, False):  # weight-decomposed LoRA: peft's merge knows its norm
+        if module.use_dora.get(adapter, False) or getattr(module, "lora_bias", {}).get(adapter, False):
+            # weight-decomposed LoRA, or one with a bias on B: peft's merge knows its norm and adds the bias
             module.merge(adapter_names=[adapter])
         else:
             module.lora_A[adapter].float()

@@ -143,6 +143,27 @@ def test_fused_lora_is_the_float32_sum(tiny_ckpt, tiny_base):
     assert fused.weight.untyped_storage().data_ptr() == storage
 
 
+@torch.no_grad()
+def test_a_lora_with_a_bias_keeps_it_when_fused():
+    """peft's ``lora_bias`` (diffusers turns it on for files with ``lora_B.bias``): the fused layer equals
+    the unfused LoRA layer's output, bias included."""
+    from peft import LoraConfig
+
+    from fluxsr_cli.model.architectures import TINY_TRANSFORMER, build_transformer
+
+    transformer = build_transformer(TINY_TRANSFORMER, seed=0)
+    transformer.add_adapter(LoraConfig(r=4, lora_alpha=8, target_modules=["to_q"], lora_bias=True),
+                            adapter_name=ADAPTER_NAME)
+    layer = transformer.transformer_blocks[0].attn.to_q
+    g = torch.Generator().manual_seed(1)
+    layer.lora_B[ADAPTER_NAME].weight.copy_(torch.randn(layer.lora_B[ADAPTER_NAME].weight.shape, generator=g))
+    layer.lora_B[ADAPTER_NAME].bias.copy_(torch.randn(layer.lora_B[ADAPTER_NAME].bias.shape, generator=g))
+    x = torch.randn(3, layer.in_features, generator=g)
+    expected = layer(x)
+    fuse_lora_fp32(transformer, ADAPTER_NAME)
+    torch.testing.assert_close(transformer.transformer_blocks[0].attn.to_q(x), expected, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.skipif(not Path("/proc/self/maps").is_file(), reason="reads Linux's /proc/self/maps")
 def test_a_built_model_maps_none_of_the_build_files(tiny_ckpt, tiny_base, cache):
     """The fused bf16 copy is read, not mapped, when it is quantized: a few unquantized tensors (biases)
