@@ -17,7 +17,7 @@ import torch
 
 from fluxsr_cli.errors import CheckpointError, ConfigError
 from fluxsr_cli.model.architectures import FLUX_DEV_TRANSFORMER
-from fluxsr_cli.model.hub import BASE_FILES, DEFAULT_BASE, FLUX_LICENCE_NOTE, is_local_ref, resolve
+from fluxsr_cli.model.hub import BASE_FILES, DEFAULT_BASE, FLUX_LICENCE_NOTE, VAE_FILES, is_local_ref, resolve
 from fluxsr_cli.model.loading import apply_lora, load_transformer, load_vae, read_transformer_config
 from fluxsr_cli.model.quantize import load_quantized_transformer
 from fluxsr_cli.model.single_file import (
@@ -30,8 +30,6 @@ from fluxsr_cli.model.single_file import (
     transformer_config,
 )
 from fluxsr_cli.progress import Notice, no_notice
-
-VAE_FILES = ["model_index.json", "vae/*"]
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,7 @@ from fluxsr_cli.model.hub import (
     BASE_FILES,
     DEFAULT_BASE,
     FLUX_LICENCE_NOTE,
+    VAE_FILES,
     _offline_env,
     hub_error,
     is_local_ref,
@@ -332,8 +333,10 @@ def plan_upscale(model: str, revision: str | None = None, base: str | None = Non
     else:
         plans.append(plan_repo("base", base, base_revision, patterns, offline=offline, scan=scan,
                                required=patterns)[0])
-    if vae is not None:
-        plans.append(plan_repo("vae", vae, None, ["*"], offline=offline, scan=scan)[0])
+    if vae is not None:  # a local file or folder as it is; of a Hub repo only what load_vae_for reads
+        local = Path(vae).expanduser().exists()
+        plans.append(plan_repo("vae", vae, None, ["*"] if local else VAE_FILES, offline=offline, scan=scan,
+                               required=None if local else ["vae/*"])[0])
     return DownloadPlan(tuple(plans), cache, free_space(cache) if free_bytes is None else free_bytes, offline)
 
 

@@ -22,6 +22,7 @@ FLUX_LICENCE_NOTE = (
 )
 # what upscaling and training read of a FLUX base: never the text encoders, never the single-file duplicate
 BASE_FILES = ["model_index.json", "transformer/*", "vae/*"]
+VAE_FILES = ["model_index.json", "vae/*"]  # what the VAE alone needs of a base
 
 
 def is_local_ref(ref: str | Path) -> bool:

@@ -213,3 +213,6 @@ def test_a_transformer_file_as_base_needs_only_the_vae_of_the_named_base(offline
     assert [r.role for r in dl.plan_upscale(HUB_MODEL, base=str(transformer), vae=str(ae), offline=True).repos] == [
         "checkpoint", "base", "vae"]
     assert all(r.local for r in dl.plan_upscale(HUB_MODEL, base=str(transformer), vae=str(ae), offline=True).repos[1:])
+    # --vae naming a Hub repo: its model_index.json and vae/, not the whole repo (FLUX.1-dev's is 57 GB)
+    *_, hub_vae = dl.plan_upscale(HUB_MODEL, base=str(transformer), vae=HUB_BASE, offline=True).repos
+    assert planned(hub_vae) == planned(vae)
