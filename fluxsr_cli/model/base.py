@@ -120,9 +120,11 @@ def load_transformer_for(base: Base, lora_file: Path | None, quantize: str, dtyp
     return transformer
 
 
-def load_vae_for(base: Base, vae: str | None, fallback: str, dtype: torch.dtype, notice: Notice = no_notice):
+def load_vae_for(base: Base, vae: str | None, fallback: str, dtype: torch.dtype, notice: Notice = no_notice,
+                 fallback_revision: str | None = None):
     """The VAE: ``--vae`` (``ae.safetensors`` or a diffusers ``vae/`` folder), else the base folder's
-    ``vae/``, else (a transformer file as the base) the ``vae/`` of the ``fallback`` repo."""
+    ``vae/``, else (a transformer file as the base) the ``vae/`` of the ``fallback`` repo at
+    ``fallback_revision`` (the checkpoint's base and revision, as ``fluxsr download`` plans it)."""
     if vae is not None:
         path = Path(vae).expanduser()
         if path.is_file():
@@ -134,7 +136,7 @@ def load_vae_for(base: Base, vae: str | None, fallback: str, dtype: torch.dtype,
     if base.file is None:
         return load_vae(base.folder(VAE_FILES, notice), dtype)
     try:
-        folder = resolve(fallback, offline=base.offline, allow_patterns=VAE_FILES, notice=notice,
+        folder = resolve(fallback, fallback_revision, offline=base.offline, allow_patterns=VAE_FILES, notice=notice,
                          first_download_note=FLUX_LICENCE_NOTE if fallback == DEFAULT_BASE else None, complete=True)
     except CheckpointError as e:
         raise CheckpointError(f"{e}; or pass the VAE with --vae ae.safetensors") from None

@@ -231,7 +231,7 @@ def load_upscaler(options: ModelOptions, progress: ProgressFn = no_progress, not
                                        Path(options.cache) if options.cache else None, notice,
                                        checkpoint_transformer=ckpt.root if ckpt.transformer_dir else None)
     progress("load", 2, steps)
-    vae = load_vae_for(base, options.vae, ckpt.info.base_model, dtype, notice)
+    vae = load_vae_for(base, options.vae, ckpt.info.base_model, dtype, notice, ckpt.info.base_revision)
     progress("load", 3, steps)
     place_models(transformer, vae, device, options.offload, options.compile)
     t_l = options.t_l if options.t_l is not None else ckpt.info.t_l

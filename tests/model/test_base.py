@@ -100,3 +100,20 @@ def test_a_checkpoint_with_its_own_transformer_fetches_only_the_bases_vae(tiny_b
     up = load_upscaler(ModelOptions(model=str(full), device="cpu", offline=True))
     assert up.transformer is not None
     assert [patterns for repo, patterns, _ in fetched if repo == HUB_BASE] == [["model_index.json", "vae/*"]]
+
+
+def test_the_fallback_vae_is_read_at_the_checkpoints_base_revision(tiny_base, tmp_path, monkeypatch):
+    """A transformer file as the base: the VAE comes from the checkpoint's base repo at its pinned revision,
+    the snapshot `fluxsr download` fetched (not main)."""
+    from fluxsr_cli.model import base as base_lib
+
+    seen = []
+
+    def resolve(ref, revision=None, **kwargs):
+        seen.append((ref, revision))
+        return tiny_base
+
+    monkeypatch.setattr(base_lib, "resolve", resolve)
+    file_base = type("FileBase", (), {"file": tmp_path / "flux1-dev.safetensors", "offline": True})()
+    base_lib.load_vae_for(file_base, None, "owner/base", torch.float32, fallback_revision="abc123")
+    assert seen == [("owner/base", "abc123")]
