@@ -32,6 +32,7 @@ from fluxsr_cli.model.hub import (
     DEFAULT_BASE,
     FLUX_LICENCE_NOTE,
     VAE_FILES,
+    WEIGHT_SUFFIXES,
     _offline_env,
     hub_error,
     is_local_ref,
@@ -128,10 +129,17 @@ def select(entries: Iterable[Entry], patterns: Sequence[str]) -> list[Entry]:
 
 
 def missing_files(entries: Sequence[Entry], required: Sequence[str], indexes: dict[str, dict]) -> list[str]:
-    """What a cached listing lacks: a ``required`` pattern that matches nothing, and every shard a weight
-    index (``indexes``: path -> parsed ``*.index.json``) names that is not among ``entries``."""
+    """What a cached listing lacks: a ``required`` pattern that matches nothing, every shard a weight
+    index (``indexes``: path -> parsed ``*.index.json``) names that is not among ``entries``, and the
+    weights of a ``sub/*`` model folder that holds its ``config.json`` and no index (the rule of
+    :func:`~fluxsr_cli.model.hub.incomplete`, on a listing)."""
     paths = {e.path for e in entries}
     missing = [p for p in required if not any(fnmatch(path, p) for path in paths)]
+    for pattern in required:
+        sub = pattern[:-2]
+        if (pattern.endswith("/*") and f"{sub}/config.json" in paths
+                and not any(p.startswith(f"{sub}/") and p.endswith(WEIGHT_SUFFIXES) for p in paths)):
+            missing.append(f"{sub}/ weights")
     for index_path, index in indexes.items():
         folder = PurePosixPath(index_path).parent
         for shard in sorted(set(index.get("weight_map", {}).values())):

@@ -23,6 +23,7 @@ FLUX_LICENCE_NOTE = (
 # what upscaling and training read of a FLUX base: never the text encoders, never the single-file duplicate
 BASE_FILES = ["model_index.json", "transformer/*", "vae/*"]
 VAE_FILES = ["model_index.json", "vae/*"]  # what the VAE alone needs of a base
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf")  # a model folder with none of these lacks its weights
 
 
 def is_local_ref(ref: str | Path) -> bool:
@@ -52,7 +53,7 @@ def incomplete(folder: Path, patterns: list[str] | None) -> str | None:
                 lacking = sorted(s for s in shards if not (sub / s).is_file())
                 if lacking:
                     return f"{pattern[:-2]}/{lacking[0]}"
-            elif not any(p.suffix in (".safetensors", ".bin", ".gguf") for p in sub.iterdir()):
+            elif not any(p.suffix in WEIGHT_SUFFIXES for p in sub.iterdir()):
                 return f"{pattern[:-2]}/ weights"
         elif not any(c in pattern for c in "*?[") and not (folder / pattern).is_file():
             return pattern

@@ -78,6 +78,13 @@ def test_offline_plan_names_what_the_cache_lacks(tmp_path, tiny_ckpt, monkeypatc
         dl.check_plan(plan)
     with pytest.raises(CheckpointError, match="not in the local Hugging Face cache"):
         dl.plan_upscale("org/nothing-here", offline=True)
+    # only the transformer's config.json cached (what choosing the device fetches): its weights are missing
+    config_only = tmp_path / "config-only"
+    (config_only / "transformer").mkdir(parents=True)
+    (config_only / "transformer" / "config.json").write_text("{}")
+    add_to_hub_cache(cache, "org/config-only", config_only)
+    plan = dl.plan_upscale("org/ckpt", base="org/config-only", offline=True)
+    assert "transformer/ weights" in {f.path for f in plan.repos[1].files if not f.cached}
 
 
 def test_full_transformer_checkpoint_needs_only_the_base_vae(tiny_base, tmp_path, monkeypatch):
