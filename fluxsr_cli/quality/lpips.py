@@ -21,7 +21,7 @@ from torch import nn
 
 from fluxsr_cli.errors import CheckpointError, InputError
 from fluxsr_cli.quality.backbones import AlexNetFeatures, VGG16Features
-from fluxsr_cli.quality.weights import WeightFile, load_weight_files
+from fluxsr_cli.quality.weights import ELSEWHERE, WeightFile, load_weight_files
 
 _HEADS_URL = "https://github.com/richzhang/PerceptualSimilarity/raw/master/lpips/weights/v0.1/{net}.pth"
 VGG16_FILE = VGG16Features.weights.name
@@ -94,16 +94,18 @@ def _check_pair(a: torch.Tensor, b: torch.Tensor, min_side: int, net: str) -> No
 
 
 def load_lpips_nets(
-    nets: Sequence[str], device: torch.device | str | None = None, cache_dir: str | Path | None = None
+    nets: Sequence[str], device: torch.device | str | None = None, cache_dir: str | Path | None = None,
+    elsewhere: str = ELSEWHERE,
 ) -> dict[str, LPIPS]:
     """net -> LPIPS with its published weights, frozen and in eval mode, on ``device`` (default CPU).
 
-    All files of all ``nets`` are resolved together: what is missing is named in one error.
+    All files of all ``nets`` are resolved together: what is missing is named in one error, which offers
+    ``elsewhere`` as the other way out (by default: another weights folder).
     """
     unknown = [n for n in nets if n not in WEIGHTS]
     if unknown:
         raise InputError(f"unknown LPIPS backbone(s) {', '.join(unknown)}; choose from {', '.join(WEIGHTS)}")
-    states = load_weight_files([f for n in nets for f in WEIGHTS[n]], cache_dir, what="LPIPS weights")
+    states = load_weight_files([f for n in nets for f in WEIGHTS[n]], cache_dir, "LPIPS weights", elsewhere)
     models = {}
     for n in nets:
         backbone, heads = WEIGHTS[n]
@@ -113,9 +115,10 @@ def load_lpips_nets(
     return models
 
 
-def load_lpips(device: torch.device | str | None = None, cache_dir: str | Path | None = None, net: str = "vgg") -> LPIPS:
+def load_lpips(device: torch.device | str | None = None, cache_dir: str | Path | None = None, net: str = "vgg",
+               elsewhere: str = ELSEWHERE) -> LPIPS:
     """LPIPS on ``net`` with its published weights, frozen and in eval mode, on ``device`` (default CPU)."""
-    return load_lpips_nets((net,), device, cache_dir)[net]
+    return load_lpips_nets((net,), device, cache_dir, elsewhere)[net]
 
 
 def tv_map(x: torch.Tensor) -> torch.Tensor:

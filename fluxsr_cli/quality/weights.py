@@ -19,6 +19,8 @@ import torch
 from fluxsr_cli.errors import CheckpointError
 
 WEIGHTS_DIR_ENV = "FLUXSR_WEIGHTS_DIR"
+# the second way out an error offers: another folder (a caller with its own setting names that instead)
+ELSEWHERE = f"point {WEIGHTS_DIR_ENV} (fluxsr eval --weights-dir) at a folder that holds them"
 
 
 @dataclass(frozen=True)
@@ -46,7 +48,8 @@ def missing_files(files: Sequence[WeightFile], folder: Path) -> list[WeightFile]
 
 
 def fetch_weight_files(
-    files: Sequence[WeightFile], folder: str | Path | None = None, what: str = "metric weights"
+    files: Sequence[WeightFile], folder: str | Path | None = None, what: str = "metric weights",
+    elsewhere: str = ELSEWHERE,
 ) -> tuple[dict[str, dict[str, torch.Tensor]], CheckpointError | None]:
     """name -> state dict for each of ``files`` that can be had (duplicates once), downloading what
     ``folder`` lacks, and one :class:`CheckpointError` naming every other file with its URL (None when
@@ -57,7 +60,7 @@ def fetch_weight_files(
     if offline():
         missing = missing_files(unique, folder)
         if missing:
-            problems.append(_offline_problem(missing, folder))
+            problems.append(_offline_problem(missing, folder, elsewhere))
         unique = [f for f in unique if f not in missing]
     loaded: dict[str, dict[str, torch.Tensor]] = {}
     failed: list[tuple[WeightFile, str]] = []
@@ -72,12 +75,13 @@ def fetch_weight_files(
     if failed:
         reasons = "; ".join(f"{f.name}: {reason}" for f, reason in failed)
         problems.append(f"cannot load or download {len(failed)} file(s) ({reasons}); "
-                        f"{_fetch_advice([f for f, _ in failed], folder)}")
+                        f"{_fetch_advice([f for f, _ in failed], folder, elsewhere)}")
     return loaded, CheckpointError(f"{what}: {'; '.join(problems)}") if problems else None
 
 
 def load_weight_files(
-    files: Sequence[WeightFile], folder: str | Path | None = None, what: str = "metric weights"
+    files: Sequence[WeightFile], folder: str | Path | None = None, what: str = "metric weights",
+    elsewhere: str = ELSEWHERE,
 ) -> dict[str, dict[str, torch.Tensor]]:
     """name -> state dict for each of ``files`` (duplicates once), downloading what ``folder`` lacks.
 
@@ -87,19 +91,18 @@ def load_weight_files(
     if offline():
         missing = missing_files(files, Path(folder) if folder is not None else default_weights_dir())
         if missing:
-            raise CheckpointError(f"{what}: {_offline_problem(list({f.name: f for f in missing}.values()), folder)}")
-    loaded, error = fetch_weight_files(files, folder, what)
+            raise CheckpointError(f"{what}: {_offline_problem(list({f.name: f for f in missing}.values()), folder, elsewhere)}")
+    loaded, error = fetch_weight_files(files, folder, what, elsewhere)
     if error is not None:
         raise error
     return loaded
 
 
-def _offline_problem(missing: Sequence[WeightFile], folder: str | Path | None) -> str:
+def _offline_problem(missing: Sequence[WeightFile], folder: str | Path | None, elsewhere: str) -> str:
     folder = Path(folder) if folder is not None else default_weights_dir()
-    return f"{len(missing)} file(s) not in {folder} and offline; {_fetch_advice(missing, folder)}"
+    return f"{len(missing)} file(s) not in {folder} and offline; {_fetch_advice(missing, folder, elsewhere)}"
 
 
-def _fetch_advice(files: Sequence[WeightFile], folder: Path) -> str:
+def _fetch_advice(files: Sequence[WeightFile], folder: Path, elsewhere: str) -> str:
     fetch = ", ".join(f"{f.url} as {f.name}" for f in files)
-    return (f"download {fetch} into {folder}, or point {WEIGHTS_DIR_ENV} (fluxsr eval --weights-dir) "
-            "at a folder that holds them")
+    return f"download {fetch} into {folder}, or {elsewhere}"

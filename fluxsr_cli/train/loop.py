@@ -206,7 +206,8 @@ def _setup(config: DistillConfig, accelerator: Any, run_dir: Path, notice: Notic
     if config.weights.needs_lpips:
         from fluxsr_cli.quality.lpips import load_lpips
 
-        lpips = load_lpips(device, cache_dir=config.lpips_cache)
+        lpips = load_lpips(device, cache_dir=config.lpips_cache,
+                           elsewhere="set lpips_cache in [distill] to a folder that holds them")
     blocks = parse_blocks(config.adl_blocks, len(transformer.transformer_blocks),
                           len(transformer.single_transformer_blocks))
     return {"student": student, "vae": vae, "optimizer": optimizer, "scheduler": scheduler, "params": params,

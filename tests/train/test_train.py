@@ -137,6 +137,17 @@ def test_tv_lpips_and_adl_terms_run_in_the_loop(pairs, tiny_base, tmp_path):
                                          rel=1e-4)
 
 
+def test_missing_lpips_weights_name_the_distill_setting(pairs, tiny_base, tmp_path, monkeypatch):
+    from fluxsr_cli.errors import CheckpointError
+
+    monkeypatch.setenv("FLUXSR_OFFLINE", "1")
+    cfg = _config(pairs, tiny_base, tmp_path / "run", max_steps=1, lambda_tv=0.5, crop_size=32,
+                  lpips_cache=tmp_path / "empty")
+    with pytest.raises(CheckpointError, match=r"not in .*empty and offline.*set lpips_cache in \[distill\]") as e:
+        distill(cfg)
+    assert "eval --weights-dir" not in str(e.value)
+
+
 def test_data_order_is_a_permutation_per_epoch_and_disjoint_across_processes():
     seen = [i for step in range(5) for i in batch_indices(10, 2, step, 0, 1, seed=7)]
     assert sorted(seen) == list(range(10))
