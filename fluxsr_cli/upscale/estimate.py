@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from fluxsr_cli.model.latents import VAE_FACTOR, padded_size
-from fluxsr_cli.upscale.tiling import default_overlap, tile_boxes
+from fluxsr_cli.upscale.tiling import tile_boxes, tile_overlap
 
 # published dense bf16 tensor rates with fp32 accumulation (what PyTorch's bf16 matmuls use; GeForce
 # cards run it at half their fp16-accumulate rate), TFLOP/s, by a name fragment (first match wins)
@@ -45,7 +45,7 @@ def tiles_of(width: int, height: int, tile: int, overlap: int | None) -> int:
     size = (padded_size(height), padded_size(width))
     if max(size) <= tile:
         return 1
-    overlap = min(padded_size(overlap if overlap is not None else default_overlap(tile)), tile // 2)
+    overlap = tile_overlap(tile, overlap)
     return len(tile_boxes(size[0] // VAE_FACTOR, size[1] // VAE_FACTOR, tile // VAE_FACTOR, overlap // VAE_FACTOR,
                           multiple=2))
 
@@ -93,9 +93,8 @@ def estimate(outputs: list[tuple[int, int, str, int]], tile: int, overlap: int |
         tiles += n
         disk += width * height * DISK_BYTES_PER_PIXEL.get(suffix.lower(), 1.8) * (2 if bits == 16 else 1)
         if rate is not None:
-            side = min(tile, padded_size(max(width, height)))
-            flops = n * transformer_flops(d, config["num_layers"], config["num_single_layers"], (side // 16) ** 2,
-                                          text_tokens)
+            tokens = (min(tile, padded_size(height)) // 16) * (min(tile, padded_size(width)) // 16)  # per tile
+            flops = n * transformer_flops(d, config["num_layers"], config["num_single_layers"], tokens, text_tokens)
             seconds += flops / (rate[1] * 1e12 * EFFICIENCY * MODE_SPEED.get(quantize, 1.0))
             seconds += width * height / 1e6 * VAE_SECONDS_PER_MP_H200 * 989.0 / rate[1]
             seconds += n * OFFLOAD_SECONDS["sequential"] if offload == "sequential" else 0.0

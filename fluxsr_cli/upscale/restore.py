@@ -34,7 +34,7 @@ from fluxsr_cli.progress import Notice, ProgressFn, no_notice, no_progress
 from fluxsr_cli.upscale import bicubic, budget, colorfix, tiled_vae
 from fluxsr_cli.upscale.estimate import JobCost, estimate
 from fluxsr_cli.upscale.options import ModelOptions, UpscaleOptions
-from fluxsr_cli.upscale.tiling import Box, default_overlap, tiled_apply
+from fluxsr_cli.upscale.tiling import Box, tile_overlap, tiled_apply
 
 DEFAULT_OPTIONS = UpscaleOptions()
 
@@ -148,7 +148,7 @@ class Upscaler:
         o = options
         h, w = lq.shape[-2] * o.scale, lq.shape[-1] * o.scale
         size = (padded_size(h), padded_size(w))
-        overlap = min(padded_size(o.overlap if o.overlap is not None else default_overlap(tile)), tile // 2)
+        overlap = tile_overlap(tile, o.overlap)
         plan = budget.plan_tiled(self.vae, size, w, tile, overlap, tile_space=o.tile_space, vae_tile_option=o.vae_tile,
                                  device=lq.device, itemsize=self.dtype.itemsize, retried=retried)
         grid = (size[0] // VAE_FACTOR, size[1] // VAE_FACTOR)

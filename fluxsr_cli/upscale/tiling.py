@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
+from fluxsr_cli.model.latents import padded_size
 from fluxsr_cli.progress import ProgressFn, no_progress
 
 BLENDS = ("cosine", "gaussian", "linear")
@@ -143,6 +144,12 @@ def tile_weights(boxes: list[Box], height: int, width: int, blend: str = "cosine
 def default_overlap(tile: int) -> int:
     """25 % of the tile, at least 128 px, in output pixels (docs/method.md section 7)."""
     return max(128, tile // 4)
+
+
+def tile_overlap(tile: int, overlap: int | None) -> int:
+    """The overlap the restore uses with ``tile`` px tiles: ``overlap`` (else :func:`default_overlap`) in
+    whole padded units of output pixels, at most half the tile."""
+    return min(padded_size(overlap if overlap is not None else default_overlap(tile)), tile // 2)
 
 
 Source = torch.Tensor | Callable[[Box], torch.Tensor]

@@ -25,6 +25,15 @@ def test_tiles_are_counted_as_the_restore_lays_them(width, height, tiles):
     assert estimate.tiles_of(width, height, 1024, None) == tiles
 
 
+def test_a_wide_single_tile_is_charged_its_own_tokens(monkeypatch):
+    """1024 x 512 px: one call on 64 x 32 = 2048 image tokens, not a square tile's 4096."""
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H200")
+    cost = estimate.estimate([(1024, 512, ".png", 8)], 1024, None, FLUX_DEV_TRANSFORMER, 512, torch.device("cuda"))
+    transformer = estimate.transformer_flops(3072, 19, 38, 64 * 32, 512) / (989e12 * estimate.EFFICIENCY)
+    vae = 1024 * 512 / 1e6 * estimate.VAE_SECONDS_PER_MP_H200
+    assert cost.tiles == 1 and cost.seconds == pytest.approx(transformer + vae, rel=1e-6)
+
+
 def test_the_time_is_scaled_from_the_gpus_rate_and_absent_elsewhere(monkeypatch):
     outputs = [(4096, 4096, ".png", 8)]
     cpu = estimate.estimate(outputs, 1024, None, FLUX_DEV_TRANSFORMER, 512, torch.device("cpu"))
