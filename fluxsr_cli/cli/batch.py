@@ -89,7 +89,7 @@ def batch(
 
             upscaler = load_upscaler(loading, progress, notice=note)
             if main:  # what the pending files will take, before they start
-                note(upscaler.cost(_outputs(jobs, scale), options).line())
+                note(upscaler.cost(_outputs(jobs, scale), options).across(procs.count).line())
             fn = functools.partial(upscaler.upscale_array, options=options, progress=progress, notice=note)
         result = run_batch(config, fn, progress, jobs=jobs, processes=procs)
     if main:

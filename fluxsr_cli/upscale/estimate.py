@@ -9,7 +9,7 @@ measurement use the factors below, and the CPU and unknown GPUs get no time at a
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -69,6 +69,14 @@ class JobCost:
     seconds: float | None
     disk_bytes: float
     device: str
+
+    def across(self, processes: int) -> JobCost:
+        """The same images shared by ``processes`` GPUs working at once (``accelerate launch``): the time
+        divided among them (the images are split by count, so about), the device named N x."""
+        if processes <= 1:
+            return self
+        return replace(self, seconds=None if self.seconds is None else self.seconds / processes,
+                       device=f"{processes} x {self.device}")
 
     def line(self) -> str:
         """One line for the user, the estimate marked as one."""

@@ -53,6 +53,15 @@ def test_the_time_is_scaled_from_the_gpus_rate_and_absent_elsewhere(monkeypatch)
     assert estimate.estimate(outputs, 1024, None, FLUX_DEV_TRANSFORMER, 512, torch.device("cuda")).seconds is None
 
 
+def test_a_batch_shared_by_processes_is_said_to_take_its_share(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H200")
+    one = estimate.estimate([(4096, 4096, ".png", 8)] * 8, 1024, None, FLUX_DEV_TRANSFORMER, 512, torch.device("cuda"))
+    four = one.across(4)
+    assert four.seconds == pytest.approx(one.seconds / 4) and "on 4 x NVIDIA H200" in four.line()
+    assert (four.images, four.tiles, four.disk_bytes) == (one.images, one.tiles, one.disk_bytes)
+    assert one.across(1) is one
+
+
 def test_a_12_mp_phone_photo_at_x4_is_taken_by_default(tmp_path):
     from PIL import Image
 
